@@ -1,0 +1,129 @@
+"""The runtime-adapter interface: what the agent needs from a runtime kind.
+
+An adapter owns the runtime processes of one kind (MLServer, Triton): it starts
+and supervises them on loopback, lays out models in a repository it owns, loads
+and unloads through the runtime's repository API, and forwards serialized
+``ModelInferRequest`` bytes. The agent never talks to a runtime any other way.
+
+Contract:
+
+* ``start`` returns once the runtime can take loads. If the runtime cannot be
+  started at all (binary missing), ``available`` stays False and loads raise
+  ``RuntimeUnavailable``; the agent keeps serving other runtimes.
+* ``load`` returns only after the runtime reports the model ready, so a model
+  is never routed to before it can answer. Failures raise ``LoadFailed`` with
+  the runtime's reason.
+* ``infer`` takes and returns serialized protobuf bytes (KServe v2
+  ModelInferRequest / ModelInferResponse); the body's ``model_name`` already
+  names the model id. Errors the runtime returns raise ``RuntimeRequestFailed``
+  with its status; a dead connection raises ``RuntimeUnavailable``.
+* When a runtime process dies, the adapter restarts it and calls the
+  ``models_lost`` listener with the ids that process held, so the agent forgets
+  them and reloads on demand.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from agent.errors import Code, RuntimeRequestFailed
+from agent.registry.spec import ModelSpec
+
+ModelsLostListener = Callable[[str, Iterable[str]], None]
+"""Called as ``listener(runtime_kind, model_ids)`` after a runtime process died."""
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Settings every adapter takes. Times in seconds."""
+
+    work_dir: Path  # the adapter's own directory (model repository, sockets)
+    start_timeout_s: float = 60.0  # from spawn to accepting loads
+    stop_grace_s: float = 5.0  # SIGTERM -> SIGKILL
+    load_timeout_s: float = 60.0  # one load, end to end
+    health_interval_s: float = 1.0  # how often the supervisor checks its children
+    restart_backoff_s: float = 0.5  # first delay before a restart; doubles, max 30 s
+    channel_connections: int = 4  # request connections to each runtime process
+
+
+@dataclass(frozen=True)
+class RuntimeProcessInfo:
+    """One running runtime process, for status pages and the benchmarks."""
+
+    kind: str
+    pid: int
+    grpc_address: str  # the runtime's own KServe v2 gRPC endpoint (loopback)
+    models: int
+
+
+class RuntimeAdapter(abc.ABC):
+    """One runtime kind. Implementations are registered in ``ADAPTERS``."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, options: RuntimeOptions) -> None:
+        self.options = options
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop every process (SIGTERM, grace, SIGKILL). Safe to call twice."""
+
+    @property
+    @abc.abstractmethod
+    def available(self) -> bool:
+        """True while the runtime can take loads and requests."""
+
+    @property
+    def unavailable_reason(self) -> str:
+        return ""
+
+    @abc.abstractmethod
+    def supports(self, model_type: str) -> bool:
+        """Whether this runtime can serve models of ``model_type``."""
+
+    @abc.abstractmethod
+    def predict_size(self, spec: ModelSpec) -> int:
+        """Bytes of memory the model is expected to take once loaded."""
+
+    @abc.abstractmethod
+    async def load(self, spec: ModelSpec) -> None: ...
+
+    @abc.abstractmethod
+    async def unload(self, model_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def infer(self, model_id: str, request: bytes) -> bytes: ...
+
+    async def metadata(self, model_id: str) -> bytes:
+        """Serialized ``ModelMetadataResponse`` of a loaded model."""
+        raise RuntimeRequestFailed(Code.UNIMPLEMENTED, f"runtime {self.kind} has no metadata")
+
+    @abc.abstractmethod
+    def set_models_lost_listener(self, listener: ModelsLostListener) -> None: ...
+
+    @abc.abstractmethod
+    def processes(self) -> list[RuntimeProcessInfo]: ...
+
+
+# name -> "module:Class"; imported only when a node uses that runtime.
+ADAPTERS: dict[str, str] = {
+    "mlserver": "adapters.mlserver.adapter:MLServerAdapter",
+}
+
+
+def adapter_class(kind: str) -> type[RuntimeAdapter]:
+    try:
+        target = ADAPTERS[kind]
+    except KeyError:
+        raise KeyError(f"no runtime adapter named {kind!r}") from None
+    module_name, _, class_name = target.partition(":")
+    cls: type[RuntimeAdapter] = getattr(importlib.import_module(module_name), class_name)
+    return cls

@@ -1,0 +1,205 @@
+"""Builds one agent from its settings and runs it; the only place parts meet.
+
+Start order: registry -> runtimes -> loader/router/services -> gRPC and HTTP
+listeners -> demo registrations -> resumed vmodel transitions.
+Stop order (each step bounded): not ready -> stop accepting and drain in-flight
+requests (``shutdown_grace_s``) -> background work -> runtimes (SIGTERM,
+grace, SIGKILL) -> HTTP -> registry. ``stop`` is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from importlib.metadata import PackageNotFoundError, version
+
+import grpc
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from prometheus_client import CollectorRegistry
+
+from adapters.base import RuntimeAdapter, adapter_class
+from agent.api.inference import SERVICE as INFERENCE_SERVICE
+from agent.api.inference import InferenceService
+from agent.api.mmesh import ModelMeshService
+from agent.config import Settings
+from agent.demo import demo_specs
+from agent.http import HttpServer
+from agent.inventory import Inventory
+from agent.loader import Loader
+from agent.metrics import Metrics
+from agent.models import ModelService
+from agent.proto import POOL, model_mesh_pb2_grpc
+from agent.registry.store import ModelRegistry
+from agent.router import Router
+from agent.vmodels import VModels
+
+log = logging.getLogger(__name__)
+
+MMESH_SERVICE = "mmesh.ModelMesh"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+def meshlet_version() -> str:
+    try:
+        return version("meshlet")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def _reflection_pool() -> DescriptorPool:
+    """Our private pool (see agent.proto), plus the health and reflection files,
+    so reflection can describe every service on the port."""
+    for module in (health_pb2, reflection_pb2):
+        try:
+            POOL.FindFileByName(module.DESCRIPTOR.name)
+        except KeyError:
+            POOL.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return POOL
+
+
+class Agent:
+    """One node agent. ``await start()``, serve, ``await stop()``."""
+
+    def __init__(self, settings: Settings, node_name: str | None = None) -> None:
+        self.settings = settings
+        self.node_name = node_name or socket.gethostname()
+        self.metrics = Metrics(CollectorRegistry(auto_describe=True))
+        self.registry: ModelRegistry | None = None
+        self.adapters: dict[str, RuntimeAdapter] = {}
+        self.inventory = Inventory()
+        self._grpc: grpc.aio.Server | None = None
+        self._health: HealthServicer | None = None
+        self._http: HttpServer | None = None
+        self._vmodels: VModels | None = None
+        self._models: ModelService | None = None
+        self.loader: Loader | None = None
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._ready = False
+        self._stopped = False
+
+    def ready(self) -> bool:
+        return self._ready and any(a.available for a in self.adapters.values())
+
+    @property
+    def models(self) -> ModelService:
+        assert self._models is not None, "agent not started"
+        return self._models
+
+    async def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = ModelRegistry.open(s.registry_path)
+        log.info("registry %s: %d models", s.registry_path, self.registry.count())
+
+        for kind in s.runtimes:
+            self.adapters[kind] = adapter_class(kind)(s.runtime_options(kind))
+        results = await asyncio.gather(
+            *(a.start() for a in self.adapters.values()), return_exceptions=True
+        )
+        for kind, result in zip(self.adapters, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("runtime %s did not start: %s", kind, result)
+
+        budget = s.resolved_memory_budget()
+        self.loader = Loader(self.inventory, self.adapters, budget, s.load_timeout_s, self.metrics)
+        self._models = ModelService(self.registry, self.inventory, self.loader, self.adapters)
+        self._vmodels = VModels(self.registry, self._models, s.vmodel_retry_interval_s)
+        router = Router(self.registry, self.inventory, self.loader, self._vmodels)
+        self.metrics.bind(
+            lambda: len(self.inventory),
+            lambda: self.inventory.used_bytes,
+            lambda: budget,
+        )
+
+        await self._start_grpc(router)
+        if s.metrics_port >= 0:
+            self._http = HttpServer(s.metrics_host, s.metrics_port, self.metrics.registry,
+                                    self.ready)
+            await self._http.start()
+            self.metrics_port = self._http.port
+
+        if s.demo_models:
+            written = await self._models.register_many(demo_specs(s.demo_models))
+            log.info("demo: %d simple-string models registered (%d new or changed)",
+                     s.demo_models, written)
+        self._vmodels.resume()
+        self._ready = True
+        log.info(
+            "meshlet %s serving on gRPC port %d (metrics %s), budget %.1f MiB, runtimes: %s",
+            meshlet_version(), self.grpc_port, self.metrics_port or "off", budget / 2**20,
+            ", ".join(f"{k}={'up' if a.available else 'unavailable'}"
+                      for k, a in self.adapters.items()),
+        )
+
+    async def _start_grpc(self, router: Router) -> None:
+        s = self.settings
+        assert self.registry is not None and self._models is not None
+        assert self._vmodels is not None
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.max_request_bytes),
+                ("grpc.max_send_message_length", 1 << 30),  # RepositoryIndex of 1M models
+                ("grpc.so_reuseport", 0),  # never share a port with another agent
+            ]
+        )
+        inference = InferenceService(
+            router, self._models, self.registry, self.metrics, self.ready, meshlet_version()
+        )
+        server.add_generic_rpc_handlers([inference.handler()])
+        model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(
+            ModelMeshService(self._models, self._vmodels, self.node_name), server
+        )
+        self._health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (INFERENCE_SERVICE, MMESH_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
+            server,
+            pool=_reflection_pool(),
+        )
+        self.grpc_port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        await server.start()
+        self._grpc = server
+        for name in ("", INFERENCE_SERVICE, MMESH_SERVICE):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._ready = False
+        grace = self.settings.shutdown_grace_s
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            log.info("stopping: draining in-flight requests (up to %.1f s)", grace)
+            await self._grpc.stop(grace)
+        if self._vmodels is not None:
+            await self._vmodels.stop()
+        if self._models is not None:
+            await self._models.stop()
+        await asyncio.gather(*(a.stop() for a in self.adapters.values()), return_exceptions=True)
+        if self._http is not None:
+            await self._http.stop()
+        if self.registry is not None:
+            self.registry.close()
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run an agent until SIGTERM or SIGINT, then stop it in order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = Agent(settings)
+    try:
+        await agent.start()
+        await stop.wait()
+    finally:
+        await agent.stop()

@@ -1,0 +1,94 @@
+"""The agent's one settings object.
+
+Every field can be set from the environment with the ``MESHLET_`` prefix
+(``MESHLET_DATA_DIR``, ``MESHLET_GRPC_PORT`` ...) or by the CLI flags that
+``meshlet serve`` offers. Units are in the names (``_s`` seconds, ``_bytes``).
+Every interval, timeout and grace period is here so tests can shrink them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+import psutil
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adapters.base import RuntimeOptions
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("meshlet", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHLET_", extra="forbid")
+
+    # --- where things live -------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Registry database and runtime work dirs (per-user data dir by default).",
+    )
+
+    # --- listeners ---------------------------------------------------------
+    grpc_host: str = Field("0.0.0.0", description="Address the gRPC API binds.")
+    grpc_port: int = Field(8033, ge=0, le=65535, description="gRPC API port; 0 picks one.")
+    metrics_host: str = Field("0.0.0.0", description="Address /metrics, /healthz bind.")
+    metrics_port: int = Field(
+        2112, ge=-1, le=65535, description="HTTP metrics port; 0 picks one, -1 disables."
+    )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest inference request accepted."
+    )
+
+    # --- memory budget -----------------------------------------------------
+    memory_budget_bytes: int = Field(
+        0, ge=0, description="Bytes of model memory allowed; 0 = fraction of available."
+    )
+    memory_budget_fraction: float = Field(
+        0.5, gt=0, le=1, description="Share of available memory used when no byte budget."
+    )
+
+    # --- runtimes ----------------------------------------------------------
+    runtimes: list[str] = Field(["mlserver"], description="Runtime kinds this node runs.")
+    runtime_start_timeout_s: float = Field(90.0, gt=0)
+    runtime_stop_grace_s: float = Field(5.0, ge=0)
+    runtime_health_interval_s: float = Field(1.0, gt=0)
+    runtime_restart_backoff_s: float = Field(0.5, gt=0)
+    runtime_channel_connections: int = Field(4, ge=1)
+    load_timeout_s: float = Field(60.0, gt=0, description="One model load, end to end.")
+
+    # --- vmodels -----------------------------------------------------------
+    vmodel_retry_interval_s: float = Field(
+        5.0, gt=0, description="Delay before retrying a vmodel transition whose target failed."
+    )
+
+    # --- shutdown ----------------------------------------------------------
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="Time in-flight requests get to finish on SIGTERM."
+    )
+
+    # --- demo --------------------------------------------------------------
+    demo_models: int = Field(0, ge=0, description="Register simple-string-0..N-1 at start.")
+
+    @property
+    def registry_path(self) -> Path:
+        return self.data_dir / "registry.sqlite3"
+
+    def runtime_options(self, kind: str) -> RuntimeOptions:
+        return RuntimeOptions(
+            work_dir=self.data_dir / "runtimes" / kind,
+            start_timeout_s=self.runtime_start_timeout_s,
+            stop_grace_s=self.runtime_stop_grace_s,
+            load_timeout_s=self.load_timeout_s,
+            health_interval_s=self.runtime_health_interval_s,
+            restart_backoff_s=self.runtime_restart_backoff_s,
+            channel_connections=self.runtime_channel_connections,
+        )
+
+    def resolved_memory_budget(self) -> int:
+        """The byte budget: the explicit one, or a fraction of available memory now."""
+        if self.memory_budget_bytes:
+            return self.memory_budget_bytes
+        return int(psutil.virtual_memory().available * self.memory_budget_fraction)

@@ -1,0 +1,66 @@
+"""What this node holds right now: loaded models in least-recently-used order.
+
+Memory only; after an agent restart it starts empty and fills on demand. The
+request path touches it on every request, so each operation is O(1): an
+OrderedDict keeps LRU order (``touch`` moves a model to the recent end).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from adapters.base import RuntimeAdapter
+from agent.registry.spec import ModelSpec
+
+
+@dataclass(slots=True, eq=False)
+class LoadedModel:
+    spec: ModelSpec
+    adapter: RuntimeAdapter
+    size_bytes: int
+    loaded_at: float = field(default_factory=time.time)
+    in_flight: int = 0
+
+
+class Inventory:
+    def __init__(self) -> None:
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.used_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._models
+
+    def get(self, model_id: str) -> LoadedModel | None:
+        return self._models.get(model_id)
+
+    def touch(self, model_id: str) -> None:
+        self._models.move_to_end(model_id)
+
+    def add(self, model: LoadedModel) -> None:
+        old = self._models.pop(model.spec.model_id, None)
+        if old is not None:
+            self.used_bytes -= old.size_bytes
+        self._models[model.spec.model_id] = model
+        self.used_bytes += model.size_bytes
+
+    def remove(self, model_id: str) -> LoadedModel | None:
+        model = self._models.pop(model_id, None)
+        if model is not None:
+            self.used_bytes -= model.size_bytes
+        return model
+
+    def remove_many(self, model_ids: Iterable[str]) -> int:
+        return sum(1 for model_id in model_ids if self.remove(model_id) is not None)
+
+    def idle_lru(self) -> Iterator[LoadedModel]:
+        """Loaded models with no request in flight, least recently used first."""
+        return (m for m in self._models.values() if m.in_flight == 0)
+
+    def ids(self) -> list[str]:
+        return list(self._models)

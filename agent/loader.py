@@ -1,0 +1,161 @@
+"""Loading models into runtimes: single-flight loads and LRU eviction.
+
+``ensure_loaded`` is the one way a model gets loaded. Concurrent callers for
+the same model share one load (the load runs in its own task, so a caller that
+gives up does not cancel it for the others). Before a load, least recently used
+models with no request in flight are unloaded until the predicted size fits the
+memory budget. A failed load is remembered (for status) but not cached: the
+next request tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from adapters.base import RuntimeAdapter
+from agent.errors import (
+    CapacityExhausted,
+    LoadFailed,
+    MeshletError,
+    ModelTooLarge,
+    RuntimeUnavailable,
+)
+from agent.inventory import Inventory, LoadedModel
+from agent.metrics import Metrics
+from agent.registry.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class Loader:
+    def __init__(
+        self,
+        inventory: Inventory,
+        adapters: dict[str, RuntimeAdapter],
+        budget_bytes: int,
+        load_timeout_s: float,
+        metrics: Metrics,
+    ) -> None:
+        self._inventory = inventory
+        self._adapters = adapters
+        self.budget_bytes = budget_bytes
+        self._load_timeout_s = load_timeout_s
+        self._metrics = metrics
+        self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+        self._reserved_bytes = 0  # predicted sizes of loads under way
+        self.failures: dict[str, tuple[float, str]] = {}  # id -> (when, reason)
+        self._listeners: list[Callable[[str], None]] = []
+        for adapter in adapters.values():
+            adapter.set_models_lost_listener(self._models_lost)
+
+    # --- queries -----------------------------------------------------------
+
+    def is_loading(self, model_id: str) -> bool:
+        return model_id in self._loading
+
+    def on_loaded(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(model_id)`` after each successful load."""
+        self._listeners.append(listener)
+
+    # --- loading -----------------------------------------------------------
+
+    async def ensure_loaded(self, spec: ModelSpec) -> LoadedModel:
+        model = self._inventory.get(spec.model_id)
+        if model is not None:
+            return model
+        task = self._loading.get(spec.model_id)
+        if task is None:
+            task = asyncio.create_task(self._load(spec), name=f"load:{spec.model_id}")
+            self._loading[spec.model_id] = task
+            task.add_done_callback(functools.partial(self._load_done, spec.model_id))
+        return await asyncio.shield(task)
+
+    def _load_done(self, model_id: str, task: asyncio.Task[LoadedModel]) -> None:
+        if self._loading.get(model_id) is task:
+            del self._loading[model_id]
+        if not task.cancelled():
+            task.exception()  # mark retrieved: with no caller left it would be logged
+
+    def adapter_for(self, spec: ModelSpec) -> RuntimeAdapter:
+        adapter = self._adapters.get(spec.runtime)
+        if adapter is None:
+            raise RuntimeUnavailable(
+                f"model {spec.model_id!r} needs runtime {spec.runtime!r}, "
+                f"which this node does not run"
+            )
+        return adapter
+
+    async def _load(self, spec: ModelSpec) -> LoadedModel:
+        adapter = self.adapter_for(spec)
+        if not adapter.available:
+            reason = adapter.unavailable_reason or "not running"
+            raise RuntimeUnavailable(f"runtime {spec.runtime!r} is unavailable: {reason}")
+        size = adapter.predict_size(spec)
+        if size > self.budget_bytes:
+            raise ModelTooLarge(
+                f"model {spec.model_id!r} needs {size} bytes, more than the whole "
+                f"memory budget of {self.budget_bytes} bytes"
+            )
+        await self._make_room(size)
+        self._reserved_bytes += size
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(adapter.load(spec), self._load_timeout_s)
+        except TimeoutError:
+            self._record_failure(spec.model_id, f"load timed out after {self._load_timeout_s} s")
+            raise LoadFailed(
+                f"model {spec.model_id!r}: load timed out after {self._load_timeout_s} s"
+            ) from None
+        except MeshletError as err:
+            self._record_failure(spec.model_id, err.message)
+            raise
+        finally:
+            self._reserved_bytes -= size
+        self.failures.pop(spec.model_id, None)
+        model = LoadedModel(spec, adapter, size)
+        self._inventory.add(model)
+        self._metrics.loads.inc()
+        self._metrics.load_seconds.observe(time.perf_counter() - started)
+        for listener in self._listeners:
+            listener(spec.model_id)
+        return model
+
+    def _record_failure(self, model_id: str, reason: str) -> None:
+        self.failures[model_id] = (time.time(), reason)
+        self._metrics.load_failures.inc()
+        log.warning("load of %s failed: %s", model_id, reason)
+
+    async def _make_room(self, size: int) -> None:
+        """Unload idle models, least recently used first, until ``size`` fits."""
+        while self._inventory.used_bytes + self._reserved_bytes + size > self.budget_bytes:
+            victim = next(self._inventory.idle_lru(), None)
+            if victim is None:
+                raise CapacityExhausted(
+                    f"cannot fit {size} bytes: budget {self.budget_bytes}, "
+                    f"{self._inventory.used_bytes} loaded and {self._reserved_bytes} loading, "
+                    f"and every loaded model has requests in flight"
+                )
+            await self.unload(victim.spec.model_id, reason="evicted")
+
+    async def unload(self, model_id: str, reason: str = "unloaded") -> bool:
+        """Forget the model here and tell its runtime to unload it."""
+        model = self._inventory.remove(model_id)
+        if model is None:
+            return False
+        if reason == "evicted":
+            self._metrics.evictions.inc()
+        log.debug("%s %s (%d bytes)", reason, model_id, model.size_bytes)
+        try:
+            await model.adapter.unload(model_id)
+        except MeshletError as err:
+            # The runtime may have died; it holds nothing after its restart.
+            log.warning("unload of %s failed: %s", model_id, err.message)
+        return True
+
+    def _models_lost(self, kind: str, model_ids: Iterable[str]) -> None:
+        lost = self._inventory.remove_many(model_ids)
+        log.warning("runtime %s restarted: %d models will reload on demand", kind, lost)

@@ -1,0 +1,152 @@
+"""Model lifecycle: register, unregister, load on request, and status.
+
+The management APIs (ModelMesh's, the KServe repository extension, the CLI)
+all go through ``ModelService``, so a registration means the same thing
+whichever door it came in by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from adapters.base import RuntimeAdapter
+from agent.errors import InvalidSpec, MeshletError, ModelNotFound
+from agent.inventory import Inventory, LoadedModel
+from agent.loader import Loader
+from agent.registry.spec import ModelSpec
+from agent.registry.store import ModelRegistry, PutResult
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(enum.Enum):
+    """Numbered as ModelMesh's ``ModelStatusInfo.ModelStatus``."""
+
+    NOT_FOUND = 0
+    NOT_LOADED = 1
+    LOADING = 2
+    LOADED = 3
+    LOADING_FAILED = 4
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    model_id: str
+    state: ModelState
+    errors: list[str] = field(default_factory=list)
+    spec: ModelSpec | None = None
+    size_bytes: int = 0
+    in_flight: int = 0
+    since: float = 0.0  # when the state began (load time, failure time), epoch seconds
+
+
+class ModelService:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        inventory: Inventory,
+        loader: Loader,
+        adapters: dict[str, RuntimeAdapter],
+    ) -> None:
+        self._registry = registry
+        self._inventory = inventory
+        self._loader = loader
+        self._adapters = adapters
+        self._background: set[asyncio.Task[None]] = set()
+
+    def check(self, spec: ModelSpec) -> ModelSpec:
+        """Validate a spec, including whether its runtime here can serve its type."""
+        spec.validated()
+        adapter = self._adapters.get(spec.runtime)
+        if adapter is not None and not adapter.supports(spec.model_type):
+            raise InvalidSpec(
+                f"model type {spec.model_type!r} cannot be served by runtime {spec.runtime!r}"
+            )
+        return spec
+
+    async def register(self, spec: ModelSpec, auto_delete: bool = False) -> PutResult:
+        result = self._registry.put(self.check(spec), auto_delete=auto_delete)
+        if result is PutResult.REPLACED:
+            await self._loader.unload(spec.model_id, reason="replaced")
+        if result is not PutResult.UNCHANGED:
+            self._loader.failures.pop(spec.model_id, None)
+        return result
+
+    async def register_many(self, specs: Iterable[ModelSpec]) -> int:
+        written, replaced = await asyncio.to_thread(
+            self._registry.put_many, (self.check(s) for s in specs)
+        )
+        for model_id in replaced:
+            await self._loader.unload(model_id, reason="replaced")
+        return written
+
+    async def unregister(self, model_id: str) -> bool:
+        existed = self._registry.delete(model_id)
+        await self._loader.unload(model_id, reason="unregistered")
+        self._loader.failures.pop(model_id, None)
+        return existed
+
+    async def ensure_loaded(self, model_id: str) -> LoadedModel:
+        model = self._inventory.get(model_id)
+        if model is not None:
+            return model
+        spec = self._registry.get(model_id)
+        if spec is None:
+            raise ModelNotFound(model_id)
+        return await self._loader.ensure_loaded(spec)
+
+    def load_in_background(self, model_id: str) -> None:
+        task = asyncio.create_task(self._load_quietly(model_id), name=f"bg-load:{model_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _load_quietly(self, model_id: str) -> None:
+        try:
+            await self.ensure_loaded(model_id)
+        except MeshletError as err:
+            log.info("background load of %s failed: %s", model_id, err.message)
+
+    async def unload(self, model_id: str) -> bool:
+        if self._registry.get(model_id) is None and model_id not in self._inventory:
+            raise ModelNotFound(model_id)
+        return await self._loader.unload(model_id)
+
+    def state_of(self, model_id: str) -> tuple[ModelState, str]:
+        """State and failure reason of a model known to be registered (cheap)."""
+        if model_id in self._inventory:
+            return ModelState.LOADED, ""
+        if self._loader.is_loading(model_id):
+            return ModelState.LOADING, ""
+        failure = self._loader.failures.get(model_id)
+        if failure is not None:
+            return ModelState.LOADING_FAILED, failure[1]
+        return ModelState.NOT_LOADED, ""
+
+    def status(self, model_id: str) -> ModelStatus:
+        loaded = self._inventory.get(model_id)
+        if loaded is not None:
+            return ModelStatus(
+                model_id, ModelState.LOADED, spec=loaded.spec, size_bytes=loaded.size_bytes,
+                in_flight=loaded.in_flight, since=loaded.loaded_at,
+            )
+        spec = self._registry.get(model_id)
+        if spec is None:
+            return ModelStatus(model_id, ModelState.NOT_FOUND)
+        if self._loader.is_loading(model_id):
+            return ModelStatus(model_id, ModelState.LOADING, spec=spec)
+        failure = self._loader.failures.get(model_id)
+        if failure is not None:
+            return ModelStatus(
+                model_id, ModelState.LOADING_FAILED, errors=[failure[1]], spec=spec,
+                since=failure[0],
+            )
+        return ModelStatus(model_id, ModelState.NOT_LOADED, spec=spec)
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
