@@ -186,8 +186,12 @@ async def test_vmodel_failed_target_retries(node: Node) -> None:
     await node.vmodels.set("vm", "v1")
     node.adapter.fail["bad"] = "no"
     await node.vmodels.set("vm", "bad")
-    while node.vmodels.status("vm").state is not VModelState.TRANSITION_FAILED:
+    for _ in range(1000):
+        if node.vmodels.status("vm").state is VModelState.TRANSITION_FAILED:
+            break
         await asyncio.sleep(0.005)  # poll
+    else:
+        raise AssertionError("the vmodel never reported TRANSITION_FAILED")
     assert node.vmodels.active_target("vm") == "v1"
     del node.adapter.fail["bad"]
     await asyncio.wait_for(node.vmodels._transitions["vm"], 5)

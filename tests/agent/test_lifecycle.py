@@ -1,0 +1,159 @@
+"""Agents of their own: eviction under a tiny budget, a vmodel rollout under
+load, a runtime SIGKILLed mid-traffic, the agent SIGKILLed and restarted, and
+an orderly SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+
+import grpc
+import tritonclient.grpc as triton
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
+from agent.process import AgentProcess
+from agent.proto import model_mesh_pb2 as mm
+from tests.clients import MeshClient, check_sums, infer, infer_aio
+from tests.conftest import pid_gone, runtime_pids, wait_for
+
+StartAgent = Callable[..., AgentProcess]
+SIMPLE_STRING_BYTES = 16 * 1024  # the predicted size of one simple-string model
+
+
+def ready_models(client: triton.InferenceServerClient) -> set[str]:
+    return {m.name for m in client.get_model_repository_index(ready=True).models}
+
+
+def test_lru_eviction_order_under_tiny_budget(start_agent: StartAgent) -> None:
+    agent = start_agent("--demo", "5", MESHLET_MEMORY_BUDGET_BYTES=str(3 * SIMPLE_STRING_BYTES))
+    with triton.InferenceServerClient(agent.address) as client:
+        for i in (0, 1, 2):
+            check_sums(infer(client, f"simple-string-{i}"))
+        check_sums(infer(client, "simple-string-0"))  # 0 is recent again; 1 is the oldest
+        check_sums(infer(client, "simple-string-3"))
+        assert ready_models(client) == {"simple-string-0", "simple-string-2", "simple-string-3"}
+        check_sums(infer(client, "simple-string-4"))
+        assert ready_models(client) == {"simple-string-0", "simple-string-3", "simple-string-4"}
+
+
+def test_vmodel_rollout_under_concurrent_traffic(start_agent: StartAgent) -> None:
+    agent = start_agent("--demo", "3")
+    mesh = MeshClient(agent.address)
+    mesh.stub.setVModel(mm.SetVModelRequest(
+        vModelId="prod", targetModelId="simple-string-1", loadNow=True, sync=True
+    ))
+
+    async def traffic() -> tuple[list[str], mm.VModelStatusInfo]:
+        async with triton_aio.InferenceServerClient(agent.address) as c:
+            async def one() -> str:
+                result = await infer_aio(c, "prod", headers={"mm-vmodel-id": "prod"})
+                check_sums(result)
+                return str(result.get_response().model_name)
+
+            calls = [asyncio.create_task(one()) for _ in range(100)]
+            await asyncio.sleep(0)  # poll: the first requests are on the wire
+            status = await asyncio.to_thread(
+                mesh.stub.setVModel,
+                mm.SetVModelRequest(vModelId="prod", targetModelId="simple-string-2"),
+            )
+            calls += [asyncio.create_task(one()) for _ in range(100)]
+            return await asyncio.gather(*calls), status
+
+    served, status = asyncio.run(traffic())
+    assert len(served) == 200  # every request succeeded (gather raises otherwise)
+    assert set(served) <= {"simple-string-1", "simple-string-2"}
+    assert status.activeModelId == "simple-string-1" or status.status == mm.VModelStatusInfo.DEFINED
+
+    def switched() -> bool:
+        s = mesh.stub.getVModelStatus(mm.GetVModelStatusRequest(vModelId="prod"))
+        return s.status == mm.VModelStatusInfo.DEFINED and s.activeModelId == "simple-string-2"
+
+    wait_for(switched, what="vmodel to switch")
+    with triton.InferenceServerClient(agent.address) as client:
+        result = infer(client, "x", headers={"mm-vmodel-id": "prod"})
+        assert result.get_response().model_name == "simple-string-2"
+    mesh.close()
+
+
+def test_runtime_sigkill_mid_traffic_recovers(start_agent: StartAgent) -> None:
+    agent = start_agent("--demo", "10")
+    [runtime] = wait_for(lambda: runtime_pids(agent.pid), what="runtime process")
+
+    async def traffic() -> tuple[int, int, int]:
+        ok_before = ok_after = failed = 0
+        async with triton_aio.InferenceServerClient(agent.address) as c:
+            for i in range(10):
+                check_sums(await infer_aio(c, f"simple-string-{i}"))
+                ok_before += 1
+            os.kill(runtime, signal.SIGKILL)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            streak = 0
+            while streak < 20:  # 20 successes in a row: recovered
+                assert loop.time() < deadline, f"no recovery: {failed} failed"
+                try:
+                    check_sums(await infer_aio(c, f"simple-string-{ok_after % 10}"))
+                    ok_after += 1
+                    streak += 1
+                except InferenceServerException:
+                    failed += 1
+                    streak = 0
+                    await asyncio.sleep(0.05)  # poll
+        return ok_before, ok_after, failed
+
+    ok_before, ok_after, _failed = asyncio.run(traffic())
+    assert ok_before == 10 and ok_after >= 20
+    new = runtime_pids(agent.pid)
+    assert new and runtime not in new  # a new runtime process, not the killed one
+    mesh = MeshClient(agent.address)
+    assert all(mesh.status(f"simple-string-{i}") != mm.ModelStatusInfo.NOT_FOUND
+               for i in range(10))
+    mesh.close()
+
+
+def test_agent_sigkill_then_restart_keeps_registrations(start_agent: StartAgent) -> None:
+    agent = start_agent("--demo", "20")
+    mesh = MeshClient(agent.address)
+    for i in range(5):
+        mesh.register(f"custom-{i}", size_hint=1000 + i)
+    mesh.stub.setVModel(mm.SetVModelRequest(vModelId="alias", targetModelId="custom-1"))
+    with triton.InferenceServerClient(agent.address) as client:
+        check_sums(infer(client, "custom-3"))
+    mesh.close()
+    runtimes = runtime_pids(agent.pid)
+    assert runtimes
+    agent.kill()
+    for pid in runtimes:  # no orphan: the kernel kills the runtime with its parent
+        wait_for(lambda pid=pid: pid_gone(pid), what=f"runtime {pid} to exit")
+
+    again = start_agent(data_dir=agent.data_dir)  # no --demo: all from the registry
+    mesh = MeshClient(again.address)
+    for i in range(5):
+        assert mesh.status(f"custom-{i}") == mm.ModelStatusInfo.NOT_LOADED
+    for i in range(20):
+        assert mesh.status(f"simple-string-{i}") == mm.ModelStatusInfo.NOT_LOADED
+    vstatus = mesh.stub.getVModelStatus(mm.GetVModelStatusRequest(vModelId="alias"))
+    assert vstatus.activeModelId == "custom-1"
+    with triton.InferenceServerClient(again.address) as client:
+        check_sums(infer(client, "custom-3"))
+        check_sums(infer(client, "x", headers={"mm-vmodel-id": "alias"}))
+    mesh.close()
+
+
+def test_sigterm_stops_in_order_and_leaves_no_runtime(start_agent: StartAgent) -> None:
+    agent = start_agent("--demo", "2")
+    with triton.InferenceServerClient(agent.address) as client:
+        check_sums(infer(client, "simple-string-0"))
+    runtimes = runtime_pids(agent.pid)
+    assert agent.stop() == 0
+    assert all(pid_gone(pid) for pid in runtimes)
+    with grpc.insecure_channel(agent.address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=1)
+            reachable = True
+        except grpc.FutureTimeoutError:
+            reachable = False
+    assert not reachable
