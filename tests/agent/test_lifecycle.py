@@ -24,7 +24,7 @@ SIMPLE_STRING_BYTES = 16 * 1024  # the predicted size of one simple-string model
 
 
 def ready_models(client: triton.InferenceServerClient) -> set[str]:
-    return {m.name for m in client.get_model_repository_index(ready=True).models}
+    return {m.name for m in client.get_model_repository_index().models if m.state == "READY"}
 
 
 def test_lru_eviction_order_under_tiny_budget(start_agent: StartAgent) -> None:

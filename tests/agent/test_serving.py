@@ -164,8 +164,9 @@ def test_unsupported_scheme_is_invalid_argument(mesh: MeshClient) -> None:
 
 
 def test_request_over_limit_is_resource_exhausted(client: triton.InferenceServerClient) -> None:
-    huge = int("9" * 80_000)  # 16 elements of 80 kB: 1.3 MB, over the 1 MiB limit
-    tensors = string_inputs([huge] * 16, [1] * 16)
+    tensors = string_inputs()
+    huge = np.array([b"9" * 80_000] * 16, dtype=np.object_)  # 1.3 MB: over the 1 MiB limit
+    tensors[0].set_data_from_numpy(huge)
     with pytest.raises(InferenceServerException) as err:
         client.infer("simple-string-8", tensors)
     assert status_of(err.value) == "StatusCode.RESOURCE_EXHAUSTED"
