@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 import grpc
@@ -191,8 +192,12 @@ class Agent:
         log.info("stopped")
 
 
-async def serve(settings: Settings) -> None:
-    """Run an agent until SIGTERM or SIGINT, then stop it in order."""
+async def serve(settings: Settings, on_ready: Callable[[Agent], None] | None = None) -> None:
+    """Run an agent until SIGTERM or SIGINT, then stop it in order.
+
+    ``on_ready(agent)`` is called once the agent serves (``meshlet serve
+    --ready-file`` writes its ports there); if it raises, the agent stops.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -200,6 +205,8 @@ async def serve(settings: Settings) -> None:
     agent = Agent(settings)
     try:
         await agent.start()
+        if on_ready is not None:
+            on_ready(agent)
         await stop.wait()
     finally:
         await agent.stop()

@@ -1,0 +1,297 @@
+"""``meshlet model add|rm|ls|status|load|unload``: the registry, over ModelMesh's
+management API and the KServe v2 repository extension."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from agent.cli.args import SIZE_HELP, add_command, add_group, size_type
+from agent.cli.client import Client, add_address_argument
+from agent.cli.errors import CliError, UsageError
+from agent.cli.progress import Progress
+from agent.cli.render import model_status_lines, vmodel_status_lines, write_index
+from agent.cli.specs import FieldError, checked_spec, load_model_file, model_info, parse_label
+from agent.proto import grpc_service_pb2 as pb
+from agent.proto import model_mesh_pb2 as mm
+from agent.registry.spec import RUNTIMES, ModelSpec
+
+DEFAULT_CONCURRENCY = 64
+MAX_FAILURES_LISTED = 50
+
+
+def add_parser(subparsers: Any) -> None:
+    commands = add_group(
+        subparsers, "model", "register, list, inspect and remove models",
+        "Manage the models a meshlet knows: register them (one, or many from a YAML\n"
+        "file), list them, show their status, load, unload and remove them.",
+        "  meshlet model add my-model --uri /models/my-model --type sklearn\n"
+        "  meshlet model ls\n"
+        "  meshlet model status my-model",
+    )
+    _add_add(commands)
+
+    rm = add_command(
+        commands, "rm", "unregister a model",
+        "Unregister a model: unload its copies and forget it.",
+        "  meshlet model rm my-model",
+    )
+    rm.add_argument("id", metavar="ID", help="model id")
+    add_address_argument(rm)
+    rm.set_defaults(run=remove)
+
+    ls = add_command(
+        commands, "ls", "list registered models",
+        "List every registered model as an ID / STATE / REASON table (from the\n"
+        "KServe v2 RepositoryIndex), then a count by state. STATE is READY,\n"
+        "LOADING or UNAVAILABLE (registered but not loaded, or its load failed).",
+        "  meshlet model ls\n"
+        "  meshlet model ls --ready\n"
+        "  meshlet model ls -q | head",
+    )
+    ls.add_argument("--ready", action="store_true",
+                    help="only models that are loaded and ready (default: all)")
+    ls.add_argument("-q", "--quiet", action="store_true",
+                    help="print model ids only, no header or count")
+    add_address_argument(ls)
+    ls.set_defaults(run=list_models)
+
+    status = add_command(
+        commands, "status", "show a model's state, copies and errors",
+        "Show a model's state, its loaded copies (where, since when) and load\n"
+        "errors. If ID is a vmodel, show where it points (active and target\n"
+        "model) and their states too. Exits 1 if ID is neither.",
+        "  meshlet model status simple-string-3",
+    )
+    status.add_argument("id", metavar="ID", help="model or vmodel id")
+    add_address_argument(status)
+    status.set_defaults(run=show_status)
+
+    load = add_command(
+        commands, "load", "load a model now and wait until it is ready",
+        "Load a registered model now (ModelMesh ensureLoaded, sync) instead of on\n"
+        "its first request, and print its status. Exits 1 if the load fails.",
+        "  meshlet model load simple-string-3",
+    )
+    load.add_argument("id", metavar="ID", help="model id")
+    add_address_argument(load)
+    load.set_defaults(run=load_model)
+
+    unload = add_command(
+        commands, "unload", "unload a model, keeping it registered",
+        "Unload a model's copies (KServe v2 RepositoryModelUnload). It stays\n"
+        "registered and loads again on its next request.",
+        "  meshlet model unload simple-string-3",
+    )
+    unload.add_argument("id", metavar="ID", help="model or vmodel id")
+    add_address_argument(unload)
+    unload.set_defaults(run=unload_model)
+
+
+def _add_add(commands: Any) -> None:
+    add = add_command(
+        commands, "add", "register a model, or many from a YAML file",
+        "Register a model (ModelMesh registerModel) and print its status.\n"
+        "Registering again with the same spec changes nothing; a new spec replaces\n"
+        "the old one (and unloads it).\n\n"
+        "With --file, register every model of a YAML file: a list of entries, or a\n"
+        "mapping {models: [...]}; each entry has id, uri, type and optionally\n"
+        "runtime, size_hint (bytes or e.g. 64Mi) and labels (a mapping). The whole\n"
+        "file is checked first; if any entry is invalid nothing is sent (exit 2).\n"
+        "Then up to --concurrency registrations are in flight at once, with a\n"
+        "progress line on stderr. Exits 1 if any registration failed.",
+        "  meshlet model add my-model --uri /models/my-model --type sklearn --label team=a\n"
+        "  meshlet model add ss-x --uri builtin://simple-string --type simple-string --load\n"
+        "  meshlet model add --file models.yaml --concurrency 128\n\n"
+        "models.yaml:\n"
+        "  models:\n"
+        "    - id: my-model\n"
+        "      uri: /models/my-model\n"
+        "      type: sklearn\n"
+        "      size_hint: 64Mi\n"
+        "      labels: {team: a}",
+    )
+    add.add_argument("id", metavar="ID", nargs="?", help="model id (not with --file)")
+    add.add_argument("--uri", help="where the model's files are (builtin://..., file://... "
+                                   "or an absolute path)")
+    add.add_argument("--type", dest="model_type", metavar="TYPE",
+                     help="model type, e.g. sklearn or simple-string")
+    add.add_argument("--runtime", choices=sorted(RUNTIMES),
+                     help="runtime that serves it (default: mlserver)")
+    add.add_argument("--size-hint", type=size_type, default=0, metavar="SIZE",
+                     help=f"expected memory size until measured: {SIZE_HELP} "
+                          "(default: 0, the runtime predicts)")
+    add.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                     type=_label_type, help="a label; repeat for more (default: none)")
+    add.add_argument("--load", action="store_true",
+                     help="load it now and wait until it is ready (default: on first use)")
+    add.add_argument("--file", metavar="YAML",
+                     help="register every model in this YAML file ('-' reads stdin)")
+    add.add_argument("--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY,
+                     metavar="N", help="with --file: registrations in flight at once "
+                                       f"(default: {DEFAULT_CONCURRENCY})")
+    add_address_argument(add)
+    add.set_defaults(run=add_models)
+
+
+def _label_type(text: str) -> tuple[str, str]:
+    try:
+        return parse_label(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+# --- add ----------------------------------------------------------------------
+
+
+async def add_models(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        given = [flag for flag, value in (
+            ("ID", args.id), ("--uri", args.uri), ("--type", args.model_type),
+            ("--runtime", args.runtime), ("--size-hint", args.size_hint),
+            ("--label", args.label),
+        ) if value]
+        if given:
+            raise UsageError(f"--file takes the models from the file; drop {', '.join(given)}")
+        specs = load_model_file(args.file)
+        return await register_file(args.address, specs, args.concurrency, args.load)
+    missing = [flag for flag, value in (
+        ("ID", args.id), ("--uri", args.uri), ("--type", args.model_type)) if not value]
+    if missing:
+        raise UsageError(f"model add needs {', '.join(missing)} (or --file)")
+    try:
+        spec = checked_spec(args.id, args.uri, args.model_type, args.runtime or "mlserver",
+                            args.size_hint, dict(args.label))
+    except FieldError as err:
+        raise UsageError(f"{err.field}: {err.message}" if err.field else err.message) from None
+    async with Client(args.address) as client:
+        info = await client.mmesh.registerModel(_register_request(spec, args.load))
+    print("\n".join(model_status_lines(spec.model_id, info)))
+    return 1 if info.status == mm.ModelStatusInfo.LOADING_FAILED else 0
+
+
+def _register_request(spec: ModelSpec, load: bool) -> mm.RegisterModelRequest:
+    return mm.RegisterModelRequest(
+        modelId=spec.model_id, modelInfo=model_info(spec), loadNow=load, sync=load
+    )
+
+
+async def register_file(
+    address: str, specs: Sequence[ModelSpec], concurrency: int, load: bool
+) -> int:
+    """Register ``specs`` with bounded concurrency; report, list failures, exit 1 on any."""
+    progress = Progress(len(specs), sys.stderr, "registering")
+    failures: list[tuple[str, str]] = []
+    async with Client(address) as client:
+        try:
+            await register_many(client, specs, concurrency, load, progress, failures)
+        finally:
+            progress.close()
+    for model_id, why in failures[:MAX_FAILURES_LISTED]:
+        print(f"failed: {model_id}: {why}", file=sys.stderr)
+    if len(failures) > MAX_FAILURES_LISTED:
+        print(f"... and {len(failures) - MAX_FAILURES_LISTED} more failures", file=sys.stderr)
+    registered = len(specs) - len(failures)
+    print(f"registered {registered} models ({len(failures)} failed)")
+    return 1 if failures else 0
+
+
+async def register_many(
+    client: Client,
+    specs: Sequence[ModelSpec],
+    concurrency: int,
+    load: bool,
+    progress: Progress,
+    failures: list[tuple[str, str]],
+) -> None:
+    """``concurrency`` workers take specs from one iterator, so a million specs
+    never become a million tasks. Stops early if the agent cannot be reached."""
+    pending = iter(specs)
+    unreachable: list[grpc.aio.AioRpcError] = []
+
+    async def worker() -> None:
+        for spec in pending:
+            if unreachable:
+                return
+            try:
+                info = await client.mmesh.registerModel(_register_request(spec, load))
+            except grpc.aio.AioRpcError as err:
+                if client.unreachable(err):
+                    unreachable.append(err)
+                    return
+                failures.append((spec.model_id, client.describe(err)))
+            else:
+                if info.status == mm.ModelStatusInfo.LOADING_FAILED:
+                    failures.append((spec.model_id, "load failed: " + "; ".join(info.errors)))
+            progress.advance()
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(specs)))))
+    if unreachable:
+        done = progress.count
+        raise CliError(f"{client.describe(unreachable[0])}; {done} of {len(specs)} "
+                       "were sent before that")
+
+
+# --- the rest -----------------------------------------------------------------
+
+
+async def remove(args: argparse.Namespace) -> int:
+    async with Client(args.address) as client:
+        await client.mmesh.unregisterModel(mm.UnregisterModelRequest(modelId=args.id))
+    print(f"unregistered {args.id}")
+    return 0
+
+
+async def list_models(args: argparse.Namespace) -> int:
+    async with Client(args.address) as client:
+        index = await client.inference.RepositoryIndex(pb.RepositoryIndexRequest(ready=args.ready))
+    write_index(index.models, sys.stdout, ids_only=args.quiet)
+    return 0
+
+
+async def show_status(args: argparse.Namespace) -> int:
+    async with Client(args.address) as client:
+        info = await client.mmesh.getModelStatus(mm.GetStatusRequest(modelId=args.id))
+        vinfo = await client.mmesh.getVModelStatus(mm.GetVModelStatusRequest(vModelId=args.id))
+    is_model = info.status != mm.ModelStatusInfo.NOT_FOUND
+    is_vmodel = vinfo.status != mm.VModelStatusInfo.NOT_FOUND
+    if not (is_model or is_vmodel):
+        raise CliError(f"NOT_FOUND: {args.id!r} is neither a registered model nor a vmodel")
+    lines = model_status_lines(args.id, info) if is_model else []
+    if is_vmodel:
+        lines += vmodel_status_lines(args.id, vinfo)
+    print("\n".join(lines))
+    return 0
+
+
+async def load_model(args: argparse.Namespace) -> int:
+    async with Client(args.address) as client:
+        info = await client.mmesh.ensureLoaded(mm.EnsureLoadedRequest(modelId=args.id, sync=True))
+    if info.status == mm.ModelStatusInfo.NOT_FOUND:
+        raise CliError(f"NOT_FOUND: model {args.id!r} is not registered")
+    print("\n".join(model_status_lines(args.id, info)))
+    return 1 if info.status == mm.ModelStatusInfo.LOADING_FAILED else 0
+
+
+async def unload_model(args: argparse.Namespace) -> int:
+    async with Client(args.address) as client:
+        await client.inference.RepositoryModelUnload(
+            pb.RepositoryModelUnloadRequest(model_name=args.id)
+        )
+    print(f"unloaded {args.id}")
+    return 0

@@ -1,0 +1,193 @@
+"""The `meshlet` CLI as users run it: child processes against one real agent
+(`meshlet serve --demo 20`, real MLServer), plus the failures that need none."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.process import AgentProcess
+from tests.conftest import FAST_ENV
+
+SIXTEEN = ",".join(str(i) for i in range(1, 17))
+ONES = ",".join(["1"] * 16)
+
+
+def meshlet(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli.main", *args],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    process = AgentProcess(tmp_path_factory.mktemp("cli-agent"), ["--demo", "20"], FAST_ENV)
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def address(agent: AgentProcess) -> str:
+    return agent.address
+
+
+def listed_ids(address: str) -> set[str]:
+    result = meshlet("model", "ls", "-q", "--address", address)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+def test_ready_file_names_the_serving_process(agent: AgentProcess) -> None:
+    assert agent.info["pid"] == agent.pid
+    assert agent.info["grpc_port"] > 0 and agent.info["metrics_port"] > 0
+
+
+def test_model_add_then_status(address: str) -> None:
+    added = meshlet("model", "add", "cli-one", "--uri", "builtin://simple-string",
+                    "--type", "simple-string", "--label", "team=cli", "--address", address)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith("model cli-one: NOT_LOADED")
+
+    status = meshlet("model", "status", "cli-one", "--address", address)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[0] == "model cli-one: NOT_LOADED"
+
+    loaded = meshlet("model", "load", "cli-one", "--address", address)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.splitlines()[0] == "model cli-one: LOADED"
+    assert re.match(r"  copy on \S+: LOADED since \d{4}-", loaded.stdout.splitlines()[1])
+
+
+def test_model_ls_shows_the_demo_models(address: str) -> None:
+    result = meshlet("model", "ls", "--address", address)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"ID +STATE +REASON", lines[0])
+    rows = {line.split()[0]: line.split()[1] for line in lines[1:-1]}
+    assert {f"simple-string-{i}" for i in range(20)} <= set(rows)
+    assert set(rows.values()) <= {"READY", "LOADING", "UNAVAILABLE"}
+    assert re.fullmatch(rf"{len(rows)} models \(.+\)", lines[-1])
+
+
+def test_infer_prints_sums_and_differences(address: str) -> None:
+    result = meshlet("infer", "simple-string-3", "--input", f"INPUT0={SIXTEEN}",
+                     "--input", f"INPUT1={ONES}", "--address", address)
+    assert result.returncode == 0, result.stderr
+    sums = ", ".join(str(i + 1) for i in range(1, 17))
+    differences = ", ".join(str(i - 1) for i in range(1, 17))
+    assert re.search(rf"^OUTPUT0 \(BYTES, shape \[[\d, ]+\]\): {sums}$", result.stdout, re.M)
+    assert re.search(rf"^OUTPUT1 \(BYTES, shape \[[\d, ]+\]\): {differences}$",
+                     result.stdout, re.M)
+
+    only = meshlet("infer", "simple-string-3", "--input", f"INPUT0={SIXTEEN}",
+                   "--input", f"INPUT1={ONES}", "--output", "OUTPUT1", "--address", address)
+    assert only.returncode == 0, only.stderr
+    assert [line.split()[0] for line in only.stdout.splitlines()] == ["OUTPUT1"]
+
+
+def test_infer_of_an_unknown_model_exits_1(address: str) -> None:
+    result = meshlet("infer", "no-such-model", "--input", "INPUT0=1", "--address", address)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: NOT_FOUND: ")
+    assert "no-such-model" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_infer_with_values_that_do_not_fit_exits_2(address: str) -> None:
+    result = meshlet("infer", "simple-string-4", "--input", "INPUT0=1,2,3",
+                     "--input", f"INPUT1={ONES}", "--address", address)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: input INPUT0: ")
+
+
+def test_model_add_file(address: str, tmp_path: Path) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text("models:\n" + "".join(
+        f"  - {{id: cli-file-{i}, uri: 'builtin://simple-string', type: simple-string}}\n"
+        for i in range(3)
+    ))
+    result = meshlet("model", "add", "--file", str(models), "--concurrency", "2",
+                     "--address", address)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "registered 3 models (0 failed)\n"
+    assert re.search(r"^registering\s+3/3\s+100\.0%", result.stderr, re.M)  # not a TTY: plain
+    assert {f"cli-file-{i}" for i in range(3)} <= listed_ids(address)
+
+
+def test_an_invalid_file_sends_nothing(address: str, tmp_path: Path) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text("- {id: cli-never, uri: builtin://simple-string, type: simple-string}\n"
+                      "- {id: cli-bad, uri: builtin://simple-string}\n")
+    result = meshlet("model", "add", "--file", str(models), "--address", address)
+    assert result.returncode == 2
+    assert "[1] (id 'cli-bad'): type: is required" in result.stderr
+    assert "cli-never" not in listed_ids(address)
+
+
+def test_vmodel_set_status_rm(address: str) -> None:
+    env = {**os.environ, "MESHLET_ADDRESS": address}  # the default --address
+    created = meshlet("vmodel", "set", "cli-alias", "simple-string-5", "--sync", env=env)
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.splitlines()[:3] == [
+        "vmodel cli-alias: DEFINED", "  active: simple-string-5", "  target: simple-string-5"
+    ]
+    status = meshlet("model", "status", "cli-alias", env=env)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("vmodel cli-alias: DEFINED")
+
+    assert meshlet("vmodel", "rm", "cli-alias", env=env).returncode == 0
+    gone = meshlet("vmodel", "status", "cli-alias", env=env)
+    assert gone.returncode == 1
+    assert "NOT_FOUND" in gone.stderr
+
+
+def test_model_rm(address: str) -> None:
+    added = meshlet("model", "add", "cli-doomed", "--uri", "builtin://simple-string",
+                    "--type", "simple-string", "--address", address)
+    assert added.returncode == 0, added.stderr
+    removed = meshlet("model", "rm", "cli-doomed", "--address", address)
+    assert (removed.returncode, removed.stdout) == (0, "unregistered cli-doomed\n")
+    status = meshlet("model", "status", "cli-doomed", "--address", address)
+    assert status.returncode == 1
+    assert "NOT_FOUND" in status.stderr
+
+
+# --- no agent needed -----------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_agent_exits_1() -> None:
+    address = f"127.0.0.1:{closed_port()}"
+    result = meshlet("model", "ls", "--address", address)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: cannot reach meshlet at {address} (")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_serve_with_an_invalid_setting_exits_2() -> None:
+    result = meshlet("serve", "--grpc-port", "70000")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: invalid setting grpc_port (--grpc-port or ")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_help_runs_as_a_module() -> None:
+    result = meshlet("--help")
+    assert result.returncode == 0
+    assert "model" in result.stdout and "infer" in result.stdout
