@@ -3,8 +3,8 @@ port 0, running real MLServer runtimes, reached with real ``tritonclient``.
 
 The test process must never import ``mlserver``: its generated protos clash
 with tritonclient's in protobuf's default pool. Tests that need MLServer's
-classes in-process live under ``tests/inproc_mlserver/`` and run in a child
-pytest (see ``tests/test_inproc_mlserver.py``).
+classes in-process live under ``tests/adapters/mlserver/inproc/`` and run in a
+child pytest (see ``tests/adapters/mlserver/test_inproc.py``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import psutil
 import pytest
 
 from agent.process import AgentProcess
-
-collect_ignore = ["inproc_mlserver"]
 
 # Shrunk intervals so tests never wait out production values.
 FAST_ENV = {

@@ -1,0 +1,133 @@
+"""What MLServer is told about each model: its ``model-settings.json``.
+
+The adapter writes ``<repository>/<model id>/model-settings.json`` for every
+load; ``DirectModelRepository`` reads it back by name inside MLServer. The
+model type picks MLServer's runtime class; the storage URI becomes
+``parameters.uri``. Also here: the size a model is predicted to take before
+its first load (the agent replaces it with a measurement afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from agent.errors import LoadFailed
+from agent.registry.spec import ModelSpec, validate_model_id
+
+SETTINGS_FILENAME = "model-settings.json"
+
+# model type -> MLServer runtime class. None: the artifact folder carries its
+# own model-settings.json ("mlserver", for any runtime MLServer can load).
+IMPLEMENTATIONS: dict[str, str | None] = {
+    "simple-string": "adapters.mlserver.simple_string.SimpleStringModel",
+    "sklearn": "mlserver_sklearn.SKLearnModel",
+    "xgboost": "mlserver_xgboost.XGBoostModel",
+    "lightgbm": "mlserver_lightgbm.LightGBMModel",
+    "mlflow": "mlserver_mlflow.MLflowRuntime",
+    "mlserver": None,
+}
+
+BUILTIN_SIZE_BYTES = 16 * 1024  # a builtin model is code only
+MIN_PREDICTED_BYTES = 1024 * 1024
+DISK_SIZE_FACTOR = 1.25  # ModelMesh's guess; measured sizes replace it
+
+
+def local_path(uri: str) -> Path | None:
+    """The local path a storage URI names: ``file://...`` or an absolute path.
+    None for ``builtin://`` (the model is code shipped with meshlet)."""
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path))
+    if parts.scheme == "" and uri.startswith("/"):
+        return Path(uri)
+    return None
+
+
+def model_settings(spec: ModelSpec) -> dict[str, Any]:
+    """The content of the model's ``model-settings.json``; raises ``LoadFailed``
+    for a type MLServer does not serve here or an unusable artifact."""
+    if spec.model_type not in IMPLEMENTATIONS:
+        served = ", ".join(sorted(IMPLEMENTATIONS))
+        raise LoadFailed(
+            f"model {spec.model_id!r}: model type {spec.model_type!r} is not served by "
+            f"mlserver (served: {served})"
+        )
+    path = local_path(spec.uri)
+    implementation = IMPLEMENTATIONS[spec.model_type]
+    if implementation is None:
+        return _artifact_settings(spec, path)
+    settings: dict[str, Any] = {"name": spec.model_id, "implementation": implementation}
+    if path is not None:
+        settings["parameters"] = {"uri": str(path)}
+    return settings
+
+
+def _artifact_settings(spec: ModelSpec, path: Path | None) -> dict[str, Any]:
+    if path is None:
+        raise LoadFailed(
+            f"model {spec.model_id!r}: type 'mlserver' needs a local artifact folder, "
+            f"got {spec.uri!r}"
+        )
+    own_path = path / SETTINGS_FILENAME
+    try:
+        settings = json.loads(own_path.read_text())
+        if not isinstance(settings, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise LoadFailed(f"model {spec.model_id!r}: cannot read {own_path}: {err}") from None
+    settings["name"] = spec.model_id
+    parameters = settings.get("parameters")
+    parameters = dict(parameters) if isinstance(parameters, dict) else {}
+    uri = parameters.get("uri")
+    if not uri:
+        parameters["uri"] = str(path)
+    elif urlsplit(uri).scheme in ("", "file"):
+        # MLServer resolves a relative uri against the folder of the settings
+        # file it read, which is ours, not the artifact's.
+        parameters["uri"] = str(path / (local_path(uri) or uri))
+    settings["parameters"] = parameters
+    return settings
+
+
+def write_model_settings(repository: Path, spec: ModelSpec) -> Path:
+    """Write the model's settings under ``repository``; return its folder."""
+    content = json.dumps(model_settings(spec))
+    folder = settings_folder(repository, spec.model_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SETTINGS_FILENAME).write_text(content)
+    return folder
+
+
+def settings_folder(repository: Path, model_id: str) -> Path:
+    """The model's folder; raises ``InvalidModelId`` for an id that could
+    name a path outside ``repository``."""
+    return repository / validate_model_id(model_id)
+
+
+def predict_size(spec: ModelSpec) -> int:
+    """Bytes the model is expected to take once loaded, before it ever was."""
+    if spec.size_hint > 0:
+        return spec.size_hint
+    if spec.model_type == "simple-string" or urlsplit(spec.uri).scheme == "builtin":
+        return BUILTIN_SIZE_BYTES
+    path = local_path(spec.uri)
+    size = _disk_size(path) if path is not None else 0
+    return max(MIN_PREDICTED_BYTES, int(size * DISK_SIZE_FACTOR))
+
+
+def _disk_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    # A missing path walks as empty: the load will report it, not the guess.
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                continue  # removed while we walked
+    return total

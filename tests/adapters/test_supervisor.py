@@ -1,0 +1,156 @@
+"""SupervisedProcess with small Python children: output forwarding, readiness,
+unexpected exits and respawns, and the SIGTERM -> SIGKILL stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from adapters.supervisor import ProcessExited, SupervisedProcess
+from tests.adapters.helpers import pid_exists, wait_until
+
+# Prints a line (after ignoring SIGTERM when asked), then waits to be killed.
+CHILD = """
+import signal, sys, time
+if "ignore-term" in sys.argv:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("child up", flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+time.sleep(600)
+"""
+
+
+def child(*args: str) -> Callable[[], list[str]]:
+    return lambda: [sys.executable, "-c", CHILD, *args]
+
+
+class Lines(logging.Handler):
+    """Collects what the supervisor logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def lines() -> Lines:
+    return Lines()
+
+
+@pytest.fixture
+def logger(lines: Lines) -> logging.Logger:
+    logger = logging.getLogger(f"tests.supervisor.{id(lines)}")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(lines)
+    return logger
+
+
+async def test_forwards_output_and_respawns_after_unexpected_exit(
+    lines: Lines, logger: logging.Logger
+) -> None:
+    exits: list[int | None] = []
+    spawned = asyncio.Queue[int]()
+
+    async def on_spawned() -> None:
+        await process.wait_ready(lambda: _seen(lines, "[worker-0] child up"), timeout_s=30)
+        assert process.pid is not None
+        spawned.put_nowait(process.pid)
+
+    async def on_exit(returncode: int | None) -> None:
+        exits.append(returncode)
+
+    process = SupervisedProcess(
+        "worker-0",
+        child(),
+        on_spawned=on_spawned,
+        on_exit=on_exit,
+        restart_backoff_s=0.01,
+        logger=logger,
+    )
+    await process.start()
+    try:
+        first = await asyncio.wait_for(spawned.get(), 30)
+        await wait_until(lambda: "[worker-0] to stderr" in lines.lines)
+        lines.lines.clear()
+        os.kill(first, signal.SIGKILL)
+        second = await asyncio.wait_for(spawned.get(), 30)
+        assert second != first
+        assert exits == [-signal.SIGKILL]
+        assert not pid_exists(first)
+        assert process.spawns == 2
+    finally:
+        await process.stop()
+    assert not pid_exists(second)
+    assert exits == [-signal.SIGKILL]  # a requested stop is not reported as an exit
+
+
+async def test_stop_escalates_to_sigkill_and_is_safe_twice(
+    lines: Lines, logger: logging.Logger
+) -> None:
+    process = SupervisedProcess("stubborn", child("ignore-term"), stop_grace_s=0.2, logger=logger)
+    await process.start()
+    pid = process.pid
+    assert pid is not None
+    # Its SIGTERM handler is in place once it printed.
+    await process.wait_ready(lambda: _seen(lines, "[stubborn] child up"), timeout_s=30)
+    await asyncio.gather(process.stop(), process.stop())
+    await process.stop()
+    assert not pid_exists(pid)
+    assert process.pid is None
+    assert any("killing it" in line for line in lines.lines)
+    assert any("stopped (killed by SIGKILL)" in line for line in lines.lines)
+
+
+async def test_wait_ready_raises_when_the_child_exits(logger: logging.Logger) -> None:
+    # A long backoff keeps the supervisor from respawning during the test;
+    # stop() cuts it short.
+    process = SupervisedProcess(
+        "quitter",
+        lambda: [sys.executable, "-c", "raise SystemExit(3)"],
+        restart_backoff_s=600,
+        logger=logger,
+    )
+    await process.start()
+    try:
+        with pytest.raises(ProcessExited) as raised:
+            await process.wait_ready(_never, timeout_s=30)
+        assert raised.value.returncode == 3
+        assert "exit status 3" in str(raised.value)
+    finally:
+        await process.stop()
+
+
+async def test_wait_ready_times_out(logger: logging.Logger) -> None:
+    process = SupervisedProcess("slow", child(), logger=logger)
+    await process.start()
+    try:
+        with pytest.raises(TimeoutError, match=r"slow was not ready after 0\.1 s"):
+            await process.wait_ready(_never, timeout_s=0.1)
+        assert process.running
+    finally:
+        await process.stop()
+
+
+async def test_start_fails_when_the_command_is_missing() -> None:
+    process = SupervisedProcess("ghost", lambda: ["/nonexistent/meshlet-runtime"])
+    with pytest.raises(OSError):
+        await process.start()
+    await process.stop()
+    assert process.pid is None
+
+
+async def _seen(lines: Lines, text: str) -> bool:
+    return text in lines.lines
+
+
+async def _never() -> bool:
+    return False
