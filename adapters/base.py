@@ -46,7 +46,9 @@ class RuntimeOptions:
     start_timeout_s: float = 60.0  # from spawn to accepting loads
     stop_grace_s: float = 5.0  # SIGTERM -> SIGKILL
     load_timeout_s: float = 60.0  # one load, end to end
-    health_interval_s: float = 1.0  # how often the supervisor checks its children
+    health_interval_s: float = 1.0  # how often each runtime is asked ServerLive
+    liveness_timeout_s: float = 5.0  # one ServerLive answer may take this long
+    liveness_misses: int = 3  # unanswered pings in a row before a runtime is killed
     restart_backoff_s: float = 0.5  # first delay before a restart; doubles, max 30 s
     channel_connections: int = 4  # request connections to each runtime process
 

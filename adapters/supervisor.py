@@ -275,6 +275,10 @@ class SupervisedProcess:
             await asyncio.wait_for(self._stopping.wait(), delay)
         return min(delay * 2, self._max_restart_backoff_s)
 
+    def kill(self) -> None:
+        """SIGKILL the current child (a hung one); the supervisor respawns it."""
+        self._signal(signal.SIGKILL)
+
     def _signal(self, sig: signal.Signals) -> None:
         pid = self.pid  # None once it exited: never signal a pid that may be reused
         if pid is not None:

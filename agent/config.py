@@ -54,7 +54,13 @@ class Settings(BaseSettings):
     runtimes: list[str] = Field(["mlserver"], description="Runtime kinds this node runs.")
     runtime_start_timeout_s: float = Field(90.0, gt=0)
     runtime_stop_grace_s: float = Field(5.0, ge=0)
-    runtime_health_interval_s: float = Field(1.0, gt=0)
+    runtime_health_interval_s: float = Field(1.0, gt=0, description="ServerLive ping period.")
+    runtime_liveness_timeout_s: float = Field(
+        5.0, gt=0, description="How long one ServerLive ping may take."
+    )
+    runtime_liveness_misses: int = Field(
+        3, ge=1, description="Missed pings in a row before a hung runtime is killed."
+    )
     runtime_restart_backoff_s: float = Field(0.5, gt=0)
     runtime_channel_connections: int = Field(4, ge=1)
     load_timeout_s: float = Field(60.0, gt=0, description="One model load, end to end.")
@@ -83,6 +89,8 @@ class Settings(BaseSettings):
             stop_grace_s=self.runtime_stop_grace_s,
             load_timeout_s=self.load_timeout_s,
             health_interval_s=self.runtime_health_interval_s,
+            liveness_timeout_s=self.runtime_liveness_timeout_s,
+            liveness_misses=self.runtime_liveness_misses,
             restart_backoff_s=self.runtime_restart_backoff_s,
             channel_connections=self.runtime_channel_connections,
         )

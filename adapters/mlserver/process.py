@@ -103,6 +103,7 @@ class MLServerProcess:
         self._grpc_channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self._ready_event = asyncio.Event()
+        self._liveness: asyncio.Task[None] | None = None
         self._process = SupervisedProcess(
             name,
             self._argv,
@@ -182,7 +183,32 @@ class MLServerProcess:
         self.ready = True
         self.last_error = ""
         self._ready_event.set()
+        self._liveness = asyncio.create_task(
+            self._watch_liveness(stub), name=f"{self.name}-liveness"
+        )
         log.info("%s serving: gRPC %s, channel %s", self.name, self.grpc_address, self._socket_path)
+
+    async def _watch_liveness(self, stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+        """Ping ServerLive every ``health_interval_s``; kill a runtime that misses
+        ``liveness_misses`` in a row (hung, not dead: its exit would be seen at
+        once). The supervisor then respawns it and its models reload on demand."""
+        opts = self._options
+        misses = 0
+        while True:
+            await asyncio.sleep(opts.health_interval_s)  # poll: the ping period
+            try:
+                await stub.ServerLive(pb.ServerLiveRequest(), timeout=opts.liveness_timeout_s)
+                misses = 0
+            except grpc.aio.AioRpcError as err:
+                misses += 1
+                if misses < opts.liveness_misses:
+                    continue
+                log.error(
+                    "%s missed %d ServerLive pings (last: %s); killing it",
+                    self.name, misses, err.code().name,
+                )  # fmt: skip
+                self._process.kill()
+                return
 
     async def _lost(self, returncode: int | None) -> None:
         """The child died: stop routing to it, report what it held."""
@@ -196,6 +222,10 @@ class MLServerProcess:
             self._on_models_lost(self, lost)
 
     async def _disconnect(self) -> None:
+        liveness, self._liveness = self._liveness, None
+        if liveness is not None and liveness is not asyncio.current_task():
+            liveness.cancel()
+            await asyncio.gather(liveness, return_exceptions=True)
         channel, grpc_channel = self.channel, self._grpc_channel
         self.channel, self._grpc_channel, self._stub = None, None, None
         if channel is not None:

@@ -5,6 +5,7 @@ an orderly SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -112,6 +113,29 @@ def test_runtime_sigkill_mid_traffic_recovers(start_agent: StartAgent) -> None:
     assert all(mesh.status(f"simple-string-{i}") != mm.ModelStatusInfo.NOT_FOUND
                for i in range(10))
     mesh.close()
+
+
+def test_hung_runtime_is_killed_and_replaced(start_agent: StartAgent) -> None:
+    agent = start_agent("--demo", "2")
+    [runtime] = wait_for(lambda: runtime_pids(agent.pid), what="runtime process")
+    with triton.InferenceServerClient(agent.address) as client:
+        check_sums(infer(client, "simple-string-0"))
+        os.kill(runtime, signal.SIGSTOP)  # alive but answering nothing
+        try:
+            wait_for(lambda: pid_gone(runtime), what="the hung runtime to be killed")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(runtime, signal.SIGCONT)
+        new = wait_for(lambda: runtime_pids(agent.pid), what="a new runtime")
+        assert runtime not in new
+        check_sums(wait_for(lambda: _try_infer(client, "simple-string-0"), what="recovery"))
+
+
+def _try_infer(client: triton.InferenceServerClient, model: str) -> triton.InferResult | None:
+    try:
+        return infer(client, model, client_timeout=5)
+    except InferenceServerException:
+        return None
 
 
 def test_agent_sigkill_then_restart_keeps_registrations(start_agent: StartAgent) -> None:
