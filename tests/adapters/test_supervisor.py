@@ -17,12 +17,12 @@ from tests.adapters.helpers import pid_exists, wait_until
 
 # Prints a line (after ignoring SIGTERM when asked), then waits to be killed.
 CHILD = """
-import signal, sys, time
+import signal, sys
 if "ignore-term" in sys.argv:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("child up", flush=True)
 print("to stderr", file=sys.stderr, flush=True)
-time.sleep(600)
+signal.pause()  # until killed
 """
 
 

@@ -217,7 +217,7 @@ async def test_close_during_a_reconnect_fails_the_request_as_unavailable(
     server = await serve(FakeRuntime(echo), socket_path)
     try:
         request = asyncio.create_task(client.infer(b"x"))
-        await asyncio.sleep(0)  # yield: the request is now waiting on its connect
+        await asyncio.sleep(0)  # poll once: the request is now waiting on its connect
         await client.close()
         with pytest.raises(RuntimeUnavailable, match="closed"):
             await request

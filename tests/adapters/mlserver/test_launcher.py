@@ -24,7 +24,7 @@ async def main():
     adapter = MLServerAdapter(RuntimeOptions(work_dir=Path(sys.argv[1])))
     await adapter.start()
     print(adapter.processes()[0].pid, flush=True)
-    await asyncio.sleep(3600)
+    await asyncio.Event().wait()  # until killed
 
 asyncio.run(main())
 """
