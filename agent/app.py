@@ -111,7 +111,7 @@ class Agent:
         self.loader = Loader(self.inventory, self.adapters, budget, s.load_timeout_s, self.metrics)
         self._models = ModelService(self.registry, self.inventory, self.loader, self.adapters)
         self._vmodels = VModels(self.registry, self._models, s.vmodel_retry_interval_s)
-        router = Router(self.registry, self.inventory, self.loader, self._vmodels)
+        router = Router(self.registry, self.inventory, self._models, self._vmodels)
         self.metrics.bind(
             lambda: len(self.inventory),
             lambda: self.inventory.used_bytes,

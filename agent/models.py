@@ -110,10 +110,10 @@ class ModelService:
         except MeshletError as err:
             log.info("background load of %s failed: %s", model_id, err.message)
 
-    async def unload(self, model_id: str) -> bool:
-        if self._registry.get(model_id) is None and model_id not in self._inventory:
+    async def unload(self, model_id: str, reason: str = "unloaded") -> bool:
+        if model_id not in self._inventory and self._registry.get(model_id) is None:
             raise ModelNotFound(model_id)
-        return await self._loader.unload(model_id)
+        return await self._loader.unload(model_id, reason=reason)
 
     def state_of(self, model_id: str) -> tuple[ModelState, str]:
         """State and failure reason of a model known to be registered (cheap)."""

@@ -16,8 +16,8 @@ from agent.errors import (
     RuntimeRequestFailed,
     RuntimeUnavailable,
 )
-from agent.inventory import Inventory, LoadedModel
-from agent.loader import Loader
+from agent.inventory import Inventory
+from agent.models import ModelService
 from agent.registry.store import ModelRegistry
 from agent.vmodels import VModels
 
@@ -26,11 +26,15 @@ _LOAD_ATTEMPTS = 3
 
 class Router:
     def __init__(
-        self, registry: ModelRegistry, inventory: Inventory, loader: Loader, vmodels: VModels
+        self,
+        registry: ModelRegistry,
+        inventory: Inventory,
+        models: ModelService,
+        vmodels: VModels,
     ) -> None:
         self._registry = registry
         self._inventory = inventory
-        self._loader = loader
+        self._models = models
         self._vmodels = vmodels
 
     def resolve(self, name: str, model_id: str | None = None, vmodel_id: str | None = None) -> str:
@@ -50,15 +54,6 @@ class Router:
             raise ModelNotFound(name)
         return active
 
-    async def loaded(self, model_id: str) -> LoadedModel:
-        model = self._inventory.get(model_id)
-        if model is not None:
-            return model
-        spec = self._registry.get(model_id)
-        if spec is None:
-            raise ModelNotFound(model_id)
-        return await self._loader.ensure_loaded(spec)
-
     async def infer(
         self, request: bytes, model_id: str | None = None, vmodel_id: str | None = None
     ) -> bytes:
@@ -77,7 +72,7 @@ class Router:
             if err.code != Code.NOT_FOUND or target not in self._inventory:
                 raise
             # The runtime lost the model (restarted) before we heard of it.
-            await self._loader.unload(target, reason="lost")
+            await self._models.unload(target, reason="lost")
         return await self._forward(target, request)
 
     async def _forward(self, model_id: str, request: bytes) -> bytes:
@@ -92,7 +87,7 @@ class Router:
                     f"answer: the memory budget is too small for the working set"
                 )
             attempts += 1
-            await self.loaded(model_id)
+            await self._models.ensure_loaded(model_id)
             model = self._inventory.get(model_id)
         self._inventory.touch(model_id)
         model.in_flight += 1

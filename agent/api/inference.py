@@ -86,7 +86,7 @@ class InferenceService:
     @grpc_errors
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
         model_id = self._router.resolve(request.name)
-        model = await self._router.loaded(model_id)
+        model = await self._models.ensure_loaded(model_id)
         return pb.ModelMetadataResponse.FromString(await model.adapter.metadata(model_id))
 
     @grpc_errors

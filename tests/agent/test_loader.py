@@ -41,7 +41,7 @@ class Node:
             self.registry, self.inventory, self.loader, {"mlserver": self.adapter}
         )
         self.vmodels = VModels(self.registry, self.models, retry_interval_s=0.01)
-        self.router = Router(self.registry, self.inventory, self.loader, self.vmodels)
+        self.router = Router(self.registry, self.inventory, self.models, self.vmodels)
 
     async def add(self, *ids: str, size: int = 0) -> None:
         for model_id in ids:
