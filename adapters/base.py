@@ -10,9 +10,11 @@ Contract:
 * ``start`` returns once the runtime can take loads. If the runtime cannot be
   started at all (binary missing), ``available`` stays False and loads raise
   ``RuntimeUnavailable``; the agent keeps serving other runtimes.
-* ``load`` returns only after the runtime reports the model ready, so a model
-  is never routed to before it can answer. Failures raise ``LoadFailed`` with
-  the runtime's reason.
+* ``load(spec, artifact)`` returns only after the runtime reports the model
+  ready, so a model is never routed to before it can answer. ``artifact`` is
+  the local path of the model's files (unpacked from the node cache; a file or
+  a directory), or None for a builtin model; it stays in place until
+  ``unload`` returns. Failures raise ``LoadFailed`` with the runtime's reason.
 * ``infer`` takes and returns serialized protobuf bytes (KServe v2
   ModelInferRequest / ModelInferResponse); the body's ``model_name`` already
   names the model id. Errors the runtime returns raise ``RuntimeRequestFailed``
@@ -92,11 +94,12 @@ class RuntimeAdapter(abc.ABC):
         """Whether this runtime can serve models of ``model_type``."""
 
     @abc.abstractmethod
-    def predict_size(self, spec: ModelSpec) -> int:
-        """Bytes of memory the model is expected to take once loaded."""
+    def predict_size(self, spec: ModelSpec, artifact_bytes: int) -> int:
+        """Bytes of memory the model is expected to take once loaded;
+        ``artifact_bytes`` is the size of its files (0 for a builtin model)."""
 
     @abc.abstractmethod
-    async def load(self, spec: ModelSpec) -> None: ...
+    async def load(self, spec: ModelSpec, artifact: Path | None) -> None: ...
 
     @abc.abstractmethod
     async def unload(self, model_id: str) -> None: ...

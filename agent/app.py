@@ -1,10 +1,10 @@
 """Builds one agent from its settings and runs it; the only place parts meet.
 
-Start order: registry -> runtimes -> loader/router/services -> gRPC and HTTP
+Start order: registry -> runtimes -> node cache -> loader/router/services -> gRPC and HTTP
 listeners -> demo registrations -> resumed vmodel transitions.
 Stop order (each step bounded): not ready -> stop accepting and drain in-flight
 requests (``shutdown_grace_s``) -> background work -> runtimes (SIGTERM,
-grace, SIGKILL) -> HTTP -> registry. ``stop`` is safe to call twice.
+grace, SIGKILL) -> HTTP -> registry -> node cache. ``stop`` is safe to call twice.
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from adapters.base import RuntimeAdapter, adapter_class
+from agent.api.cache import SERVICE as CACHE_SERVICE
+from agent.api.cache import CacheService
 from agent.api.inference import SERVICE as INFERENCE_SERVICE
 from agent.api.inference import InferenceService
 from agent.api.mmesh import ModelMeshService
+from agent.artifacts import ArtifactStore
+from agent.cache.node import NodeCache
 from agent.config import Settings
 from agent.demo import demo_specs
 from agent.http import HttpServer
@@ -34,9 +38,13 @@ from agent.inventory import Inventory
 from agent.loader import Loader
 from agent.metrics import Metrics
 from agent.models import ModelService
-from agent.proto import POOL, model_mesh_pb2_grpc
+from agent.proto import POOL, meshlet_pb2_grpc, model_mesh_pb2_grpc
 from agent.registry.store import ModelRegistry
 from agent.router import Router
+from agent.storage.config import StorageConfig
+from agent.storage.http import HttpOptions
+from agent.storage.pull import PullerSettings
+from agent.storage.s3 import S3Options
 from agent.vmodels import VModels
 
 log = logging.getLogger(__name__)
@@ -79,6 +87,8 @@ class Agent:
         self._vmodels: VModels | None = None
         self._models: ModelService | None = None
         self.loader: Loader | None = None
+        self.cache: NodeCache | None = None
+        self.artifacts: ArtifactStore | None = None
         self.grpc_port = 0
         self.metrics_port = 0
         self._ready = False
@@ -107,9 +117,14 @@ class Agent:
             if isinstance(result, BaseException):
                 log.error("runtime %s did not start: %s", kind, result)
 
+        self.artifacts = await asyncio.to_thread(self._open_artifacts)
         budget = s.resolved_memory_budget()
-        self.loader = Loader(self.inventory, self.adapters, budget, s.load_timeout_s, self.metrics)
-        self._models = ModelService(self.registry, self.inventory, self.loader, self.adapters)
+        self.loader = Loader(
+            self.inventory, self.adapters, budget, s.load_timeout_s, self.metrics, self.artifacts
+        )
+        self._models = ModelService(
+            self.registry, self.inventory, self.loader, self.adapters, self.artifacts
+        )
         self._vmodels = VModels(self.registry, self._models, s.vmodel_retry_interval_s)
         router = Router(self.registry, self.inventory, self._models, self._vmodels)
         self.metrics.bind(
@@ -138,6 +153,48 @@ class Agent:
                       for k, a in self.adapters.items()),
         )
 
+    def _open_artifacts(self) -> ArtifactStore:
+        s = self.settings
+        # Pins are owned per data dir, so a restarted agent clears the pins its
+        # previous run left (its runtimes died with it) and no one else's.
+        owner = f"{socket.gethostname()}:{s.data_dir.resolve()}"
+        cache = NodeCache(
+            s.resolved_cache_dir, s.cache_quota_bytes or 1, level=s.cache_level, owner=owner
+        )
+        cache.quota_bytes = s.resolved_cache_quota(cache.stats().used_bytes)
+        self.cache = cache
+        log.info("node cache %s: quota %.1f MiB", cache.root, cache.quota_bytes / 2**20)
+        store = ArtifactStore(
+            cache, s.data_dir / "artifacts", self._puller_settings, self.metrics,
+            s.storage_allowed_roots,
+        )
+        store.prepare()
+        self.metrics.bind_cache(lambda: cache.stats().used_bytes, lambda: cache.quota_bytes)
+        return store
+
+    def _puller_settings(self) -> PullerSettings:
+        s = self.settings
+        config = (
+            StorageConfig.from_dir(s.storage_config_dir) if s.storage_config_dir
+            else StorageConfig()
+        )
+        return PullerSettings(
+            allowed_roots=s.storage_allowed_roots,
+            storage_config=config,
+            http=HttpOptions(
+                connect_timeout_s=s.storage_connect_timeout_s,
+                read_timeout_s=s.storage_read_timeout_s,
+                max_attempts=s.storage_attempts,
+                backoff_initial_s=s.storage_backoff_s,
+            ),
+            s3=S3Options(
+                connect_timeout_s=s.storage_connect_timeout_s,
+                read_timeout_s=s.storage_read_timeout_s,
+                max_retries=s.storage_attempts - 1,
+                backoff_initial_s=s.storage_backoff_s,
+            ),
+        )
+
     async def _start_grpc(self, router: Router) -> None:
         s = self.settings
         assert self.registry is not None and self._models is not None
@@ -156,10 +213,12 @@ class Agent:
         model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(
             ModelMeshService(self._models, self._vmodels, self.node_name), server
         )
+        meshlet_pb2_grpc.add_CacheServicer_to_server(CacheService(self._models), server)
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, MMESH_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
+            (INFERENCE_SERVICE, MMESH_SERVICE, CACHE_SERVICE, HEALTH_SERVICE,
+             reflection.SERVICE_NAME),
             server,
             pool=_reflection_pool(),
         )
@@ -189,6 +248,8 @@ class Agent:
             await self._http.stop()
         if self.registry is not None:
             self.registry.close()
+        if self.cache is not None:
+            self.cache.close()
         log.info("stopped")
 
 

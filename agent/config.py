@@ -65,6 +65,35 @@ class Settings(BaseSettings):
     runtime_channel_connections: int = Field(4, ge=1)
     load_timeout_s: float = Field(60.0, gt=0, description="One model load, end to end.")
 
+    # --- node cache and storage ------------------------------------------------
+    cache_dir: Path | None = Field(
+        None,
+        description="Node model cache (zstd blobs, shareable by agents on one node); "
+        "default <data_dir>/cache.",
+    )
+    cache_quota_bytes: int = Field(
+        0, ge=0, description="Compressed bytes the cache may hold; 0 = a fraction of free disk."
+    )
+    cache_quota_fraction: float = Field(
+        0.5, gt=0, le=1, description="Share of the cache disk's free space used when no quota."
+    )
+    cache_level: int = Field(3, ge=1, le=22, description="zstd compression level of new blobs.")
+    storage_config_dir: Path | None = Field(
+        None,
+        description="ModelMesh storage-config directory (one JSON file per key) for s3://.",
+    )
+    storage_allowed_roots: list[Path] = Field(
+        [], description="Directories file:// URIs must resolve inside; empty = anywhere."
+    )
+    storage_connect_timeout_s: float = Field(10.0, gt=0, description="Connect to storage.")
+    storage_read_timeout_s: float = Field(
+        60.0, gt=0, description="Wait for the next bytes (http) or one request (s3)."
+    )
+    storage_attempts: int = Field(
+        4, ge=1, description="Attempts in all for retryable storage errors (5xx, resets)."
+    )
+    storage_backoff_s: float = Field(0.5, gt=0, description="First wait between attempts.")
+
     # --- vmodels -----------------------------------------------------------
     vmodel_retry_interval_s: float = Field(
         5.0, gt=0, description="Delay before retrying a vmodel transition whose target failed."
@@ -81,6 +110,20 @@ class Settings(BaseSettings):
     @property
     def registry_path(self) -> Path:
         return self.data_dir / "registry.sqlite3"
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
+
+    def resolved_cache_quota(self, cache_used_bytes: int = 0) -> int:
+        """The cache quota: the explicit one, or a fraction of the disk the cache
+        may use now (free space plus what the cache already holds)."""
+        if self.cache_quota_bytes:
+            return self.cache_quota_bytes
+        root = self.resolved_cache_dir
+        root.mkdir(parents=True, exist_ok=True)
+        free = psutil.disk_usage(str(root)).free
+        return int((free + cache_used_bytes) * self.cache_quota_fraction)
 
     def runtime_options(self, kind: str) -> RuntimeOptions:
         return RuntimeOptions(

@@ -67,6 +67,15 @@ class MeshletError(Exception):
         super().__init__(message)
         self.message = message
 
+    def prefixed(self, prefix: str) -> MeshletError:
+        """A copy of this error (same class, same code) whose message starts with
+        ``prefix``; the original is left alone (it may be shared by waiters)."""
+        copy = type(self).__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.message = f"{prefix}{self.message}"
+        copy.args = (copy.message,)
+        return copy
+
 
 class InvalidRequest(MeshletError):
     code = Code.INVALID_ARGUMENT

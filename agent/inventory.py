@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from adapters.base import RuntimeAdapter
+from agent.artifacts import Artifact
 from agent.registry.spec import ModelSpec
 
 
@@ -23,6 +24,7 @@ class LoadedModel:
     size_bytes: int
     loaded_at: float = field(default_factory=time.time)
     in_flight: int = 0
+    artifact: Artifact | None = None  # its files, held while it is loaded
 
 
 class Inventory:
@@ -55,8 +57,8 @@ class Inventory:
             self.used_bytes -= model.size_bytes
         return model
 
-    def remove_many(self, model_ids: Iterable[str]) -> int:
-        return sum(1 for model_id in model_ids if self.remove(model_id) is not None)
+    def remove_many(self, model_ids: Iterable[str]) -> list[LoadedModel]:
+        return [m for model_id in model_ids if (m := self.remove(model_id)) is not None]
 
     def idle_lru(self) -> Iterator[LoadedModel]:
         """Loaded models with no request in flight, least recently used first."""

@@ -2,10 +2,13 @@
 
 ``ensure_loaded`` is the one way a model gets loaded. Concurrent callers for
 the same model share one load (the load runs in its own task, so a caller that
-gives up does not cancel it for the others). Before a load, least recently used
-models with no request in flight are unloaded until the predicted size fits the
-memory budget. A failed load is remembered (for status) but not cached: the
-next request tries again.
+gives up does not cancel it for the others). A load first fetches the model's
+artifact through the node cache (``agent.artifacts``; builtin models have
+none), so its predicted size can use the artifact's real size; then least
+recently used models with no request in flight are unloaded until that size
+fits the memory budget. The artifact is held while the model is loaded and
+released when it is unloaded or its runtime dies. A failed load is remembered
+(for status) but not cached: the next request tries again.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from adapters.base import RuntimeAdapter
+from agent.artifacts import Artifact, ArtifactStore
 from agent.errors import (
     CapacityExhausted,
     LoadFailed,
@@ -39,8 +43,12 @@ class Loader:
         budget_bytes: int,
         load_timeout_s: float,
         metrics: Metrics,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
+        """``artifacts`` None: nothing is fetched and runtimes get no files
+        (unit tests with fake runtimes)."""
         self._inventory = inventory
+        self._artifacts = artifacts
         self._adapters = adapters
         self.budget_bytes = budget_bytes
         self._load_timeout_s = load_timeout_s
@@ -49,6 +57,7 @@ class Loader:
         self._reserved_bytes = 0  # predicted sizes of loads under way
         self.failures: dict[str, tuple[float, str]] = {}  # id -> (when, reason)
         self._listeners: list[Callable[[str], None]] = []
+        self._releasing: set[asyncio.Task[None]] = set()
         for adapter in adapters.values():
             adapter.set_models_lost_listener(self._models_lost)
 
@@ -90,11 +99,40 @@ class Loader:
         return adapter
 
     async def _load(self, spec: ModelSpec) -> LoadedModel:
-        adapter = self.adapter_for(spec)
-        if not adapter.available:
-            reason = adapter.unavailable_reason or "not running"
-            raise RuntimeUnavailable(f"runtime {spec.runtime!r} is unavailable: {reason}")
-        size = adapter.predict_size(spec)
+        started = time.perf_counter()
+        try:
+            adapter = self.adapter_for(spec)
+            if not adapter.available:
+                reason = adapter.unavailable_reason or "not running"
+                raise RuntimeUnavailable(f"runtime {spec.runtime!r} is unavailable: {reason}")
+            artifact = await self._fetch(spec)
+        except MeshletError as err:
+            self._record_failure(spec.model_id, err.message)
+            raise
+        try:
+            model = await self._load_into(spec, adapter, artifact)
+        except BaseException:
+            if artifact is not None:
+                await asyncio.shield(self._release(artifact))
+            raise
+        self._metrics.loads.inc()
+        self._metrics.load_seconds.observe(time.perf_counter() - started)
+        for listener in self._listeners:
+            listener(spec.model_id)
+        return model
+
+    async def _fetch(self, spec: ModelSpec) -> Artifact | None:
+        if spec.is_builtin or self._artifacts is None:
+            return None
+        try:
+            return await self._artifacts.fetch(spec)
+        except MeshletError as err:
+            raise err.prefixed(f"model {spec.model_id!r}: ") from err
+
+    async def _load_into(
+        self, spec: ModelSpec, adapter: RuntimeAdapter, artifact: Artifact | None
+    ) -> LoadedModel:
+        size = adapter.predict_size(spec, artifact.size_bytes if artifact else 0)
         if size > self.budget_bytes:
             raise ModelTooLarge(
                 f"model {spec.model_id!r} needs {size} bytes, more than the whole "
@@ -102,9 +140,9 @@ class Loader:
             )
         await self._make_room(size)
         self._reserved_bytes += size
-        started = time.perf_counter()
+        path = artifact.path if artifact else None
         try:
-            await asyncio.wait_for(adapter.load(spec), self._load_timeout_s)
+            await asyncio.wait_for(adapter.load(spec, path), self._load_timeout_s)
         except TimeoutError:
             self._record_failure(spec.model_id, f"load timed out after {self._load_timeout_s} s")
             raise LoadFailed(
@@ -116,13 +154,13 @@ class Loader:
         finally:
             self._reserved_bytes -= size
         self.failures.pop(spec.model_id, None)
-        model = LoadedModel(spec, adapter, size)
+        model = LoadedModel(spec, adapter, size, artifact=artifact)
         self._inventory.add(model)
-        self._metrics.loads.inc()
-        self._metrics.load_seconds.observe(time.perf_counter() - started)
-        for listener in self._listeners:
-            listener(spec.model_id)
         return model
+
+    async def _release(self, artifact: Artifact) -> None:
+        if self._artifacts is not None:
+            await self._artifacts.release(artifact)
 
     def _record_failure(self, model_id: str, reason: str) -> None:
         self.failures[model_id] = (time.time(), reason)
@@ -154,8 +192,19 @@ class Loader:
         except MeshletError as err:
             # The runtime may have died; it holds nothing after its restart.
             log.warning("unload of %s failed: %s", model_id, err.message)
+        if model.artifact is not None:
+            await self._release(model.artifact)
         return True
 
     def _models_lost(self, kind: str, model_ids: Iterable[str]) -> None:
         lost = self._inventory.remove_many(model_ids)
-        log.warning("runtime %s restarted: %d models will reload on demand", kind, lost)
+        log.warning("runtime %s restarted: %d models will reload on demand", kind, len(lost))
+        held = [m.artifact for m in lost if m.artifact is not None]
+        if held:
+            task = asyncio.get_running_loop().create_task(self._release_all(held))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def _release_all(self, artifacts: list[Artifact]) -> None:
+        for artifact in artifacts:
+            await self._release(artifact)

@@ -39,6 +39,40 @@ class Metrics:
         self.memory_budget = Gauge(
             "meshlet_memory_budget_bytes", "Model memory budget", registry=registry
         )
+        cache = self.cache_lookups = Counter(
+            "meshlet_cache_lookups", "Artifact lookups in the node cache, by result",
+            ["result"], registry=registry,
+        )
+        self.cache_hits = cache.labels(result="hit")
+        self.cache_misses = cache.labels(result="miss")
+        self.cache_corrupt = Counter(
+            "meshlet_cache_corrupt_blobs",
+            "Cache blobs found corrupt on unpack (removed and fetched again)",
+            registry=registry,
+        )
+        self.pull_seconds = Histogram(
+            "meshlet_storage_pull_seconds", "Time to pull one artifact into the cache",
+            registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
+        self.pull_failures = Counter(
+            "meshlet_storage_pull_failures", "Artifact pulls that failed", registry=registry
+        )
+        self.pulled_bytes = Counter(
+            "meshlet_storage_pulled_bytes", "Uncompressed bytes pulled from storage",
+            registry=registry,
+        )
+        self.unpack_seconds = Histogram(
+            "meshlet_cache_unpack_seconds", "Time to unpack one artifact from the cache",
+            registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.cache_used = Gauge(
+            "meshlet_cache_used_bytes", "Compressed bytes in the node cache", registry=registry
+        )
+        self.cache_quota = Gauge(
+            "meshlet_cache_quota_bytes", "Node cache quota", registry=registry
+        )
         self.ok = self.requests.labels(code="OK")  # pre-bound: the hot path's counter
 
     def bind(
@@ -48,3 +82,7 @@ class Metrics:
         self.models_loaded.set_function(loaded)
         self.memory_used.set_function(used)
         self.memory_budget.set_function(budget)
+
+    def bind_cache(self, used: Callable[[], float], quota: Callable[[], float]) -> None:
+        self.cache_used.set_function(used)
+        self.cache_quota.set_function(quota)

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from adapters.base import RuntimeAdapter
+from agent.artifacts import ArtifactStore
+from agent.cache.index import BlobInfo
 from agent.errors import InvalidSpec, MeshletError, ModelNotFound
 from agent.inventory import Inventory, LoadedModel
 from agent.loader import Loader
@@ -51,8 +53,10 @@ class ModelService:
         inventory: Inventory,
         loader: Loader,
         adapters: dict[str, RuntimeAdapter],
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self._registry = registry
+        self._artifacts = artifacts
         self._inventory = inventory
         self._loader = loader
         self._adapters = adapters
@@ -61,6 +65,8 @@ class ModelService:
     def check(self, spec: ModelSpec) -> ModelSpec:
         """Validate a spec, including whether its runtime here can serve its type."""
         spec.validated()
+        if self._artifacts is not None and not spec.is_builtin:
+            self._artifacts.check_uri(spec.uri)
         adapter = self._adapters.get(spec.runtime)
         if adapter is not None and not adapter.supports(spec.model_type):
             raise InvalidSpec(
@@ -98,6 +104,16 @@ class ModelService:
         if spec is None:
             raise ModelNotFound(model_id)
         return await self._loader.ensure_loaded(spec)
+
+    async def prefetch(self, model_id: str) -> tuple[BlobInfo, bool]:
+        """Fill the node cache with a registered model's artifact without
+        loading it; the blob, and whether it was cached already."""
+        spec = self._registry.get(model_id)
+        if spec is None:
+            raise ModelNotFound(model_id)
+        if spec.is_builtin or self._artifacts is None:
+            raise InvalidSpec(f"model {model_id!r} is builtin: it has no artifact to fetch")
+        return await self._artifacts.prefetch(spec)
 
     def load_in_background(self, model_id: str) -> None:
         task = asyncio.create_task(self._load_quietly(model_id), name=f"bg-load:{model_id}")

@@ -20,6 +20,7 @@ class FakeAdapter(RuntimeAdapter):
         self.size = size
         self.loaded: set[str] = set()
         self.load_calls: list[str] = []
+        self.artifacts: dict[str, Path | None] = {}  # model id -> the path it loaded from
         self.unload_calls: list[str] = []
         self.fail: dict[str, str] = {}
         self.gate: asyncio.Event | None = None
@@ -38,11 +39,12 @@ class FakeAdapter(RuntimeAdapter):
     def supports(self, model_type: str) -> bool:
         return model_type != "unsupported"
 
-    def predict_size(self, spec: ModelSpec) -> int:
+    def predict_size(self, spec: ModelSpec, artifact_bytes: int) -> int:
         return spec.size_hint or self.size
 
-    async def load(self, spec: ModelSpec) -> None:
+    async def load(self, spec: ModelSpec, artifact: Path | None) -> None:
         self.load_calls.append(spec.model_id)
+        self.artifacts[spec.model_id] = artifact
         if self.gate is not None:
             await self.gate.wait()
         if spec.model_id in self.fail:

@@ -20,7 +20,7 @@ PROTO_DIR = ROOT / "agent" / "proto"
 GEN_SCRIPT = ROOT / "scripts" / "gen-protos"
 GENERATED = [
     f"{name}{suffix}"
-    for name in ("grpc_service", "model_mesh")
+    for name in ("grpc_service", "model_mesh", "meshlet")
     for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 ]
 

@@ -132,8 +132,8 @@ class MLServerAdapter(RuntimeAdapter):
     def supports(self, model_type: str) -> bool:
         return model_type in model_settings.IMPLEMENTATIONS
 
-    def predict_size(self, spec: ModelSpec) -> int:
-        return model_settings.predict_size(spec)
+    def predict_size(self, spec: ModelSpec, artifact_bytes: int) -> int:
+        return model_settings.predict_size(spec, artifact_bytes)
 
     def _process_for(self, spec: ModelSpec) -> MLServerProcess:
         # The one place a pool will choose among processes.
@@ -142,9 +142,9 @@ class MLServerAdapter(RuntimeAdapter):
                 return process
         raise RuntimeUnavailable(f"mlserver is not running: {self.unavailable_reason}")
 
-    async def load(self, spec: ModelSpec) -> None:
+    async def load(self, spec: ModelSpec, artifact: Path | None) -> None:
         process = self._process_for(spec)
-        folder = model_settings.write_model_settings(self._repository, spec)
+        folder = model_settings.write_model_settings(self._repository, spec, artifact)
         try:
             await process.load(spec.model_id)
         except BaseException:

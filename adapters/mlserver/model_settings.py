@@ -3,14 +3,14 @@
 The adapter writes ``<repository>/<model id>/model-settings.json`` for every
 load; ``DirectModelRepository`` reads it back by name inside MLServer. The
 model type picks MLServer's runtime class; the storage URI becomes
-``parameters.uri``. Also here: the size a model is predicted to take before
-its first load (the agent replaces it with a measurement afterwards).
+``parameters.uri``: the local path of the artifact the agent fetched through
+the node cache. Also here: the size a model is predicted to take before its
+first load (the agent replaces it with a measurement afterwards).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -36,27 +36,16 @@ MIN_PREDICTED_BYTES = 1024 * 1024
 DISK_SIZE_FACTOR = 1.25  # ModelMesh's guess; measured sizes replace it
 
 
-def local_path(uri: str) -> Path | None:
-    """The local path a storage URI names: ``file://...`` or an absolute path.
-    None for ``builtin://`` (the model is code shipped with meshlet)."""
-    parts = urlsplit(uri)
-    if parts.scheme == "file":
-        return Path(unquote(parts.path))
-    if parts.scheme == "" and uri.startswith("/"):
-        return Path(uri)
-    return None
-
-
-def model_settings(spec: ModelSpec) -> dict[str, Any]:
-    """The content of the model's ``model-settings.json``; raises ``LoadFailed``
-    for a type MLServer does not serve here or an unusable artifact."""
+def model_settings(spec: ModelSpec, path: Path | None) -> dict[str, Any]:
+    """The content of the model's ``model-settings.json`` for its artifact at
+    ``path`` (None: builtin); raises ``LoadFailed`` for a type MLServer does not
+    serve here or an unusable artifact."""
     if spec.model_type not in IMPLEMENTATIONS:
         served = ", ".join(sorted(IMPLEMENTATIONS))
         raise LoadFailed(
             f"model {spec.model_id!r}: model type {spec.model_type!r} is not served by "
             f"mlserver (served: {served})"
         )
-    path = local_path(spec.uri)
     implementation = IMPLEMENTATIONS[spec.model_type]
     if implementation is None:
         return _artifact_settings(spec, path)
@@ -87,15 +76,22 @@ def _artifact_settings(spec: ModelSpec, path: Path | None) -> dict[str, Any]:
         parameters["uri"] = str(path)
     elif urlsplit(uri).scheme in ("", "file"):
         # MLServer resolves a relative uri against the folder of the settings
-        # file it read, which is ours, not the artifact's.
-        parameters["uri"] = str(path / (local_path(uri) or uri))
+        # file it read, which is ours, not the artifact's. An absolute one would
+        # point outside the fetched artifact: refused.
+        relative = unquote(urlsplit(uri).path)
+        if relative.startswith("/") or ".." in Path(relative).parts:
+            raise LoadFailed(
+                f"model {spec.model_id!r}: {SETTINGS_FILENAME} names uri {uri!r}, outside "
+                "the artifact; use a path relative to the artifact folder"
+            )
+        parameters["uri"] = str(path / relative)
     settings["parameters"] = parameters
     return settings
 
 
-def write_model_settings(repository: Path, spec: ModelSpec) -> Path:
+def write_model_settings(repository: Path, spec: ModelSpec, artifact: Path | None) -> Path:
     """Write the model's settings under ``repository``; return its folder."""
-    content = json.dumps(model_settings(spec))
+    content = json.dumps(model_settings(spec, artifact))
     folder = settings_folder(repository, spec.model_id)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SETTINGS_FILENAME).write_text(content)
@@ -108,26 +104,11 @@ def settings_folder(repository: Path, model_id: str) -> Path:
     return repository / validate_model_id(model_id)
 
 
-def predict_size(spec: ModelSpec) -> int:
-    """Bytes the model is expected to take once loaded, before it ever was."""
+def predict_size(spec: ModelSpec, artifact_bytes: int) -> int:
+    """Bytes the model is expected to take once loaded, before it ever was:
+    the size hint, else the artifact's size x 1.25 (ModelMesh's guess)."""
     if spec.size_hint > 0:
         return spec.size_hint
-    if spec.model_type == "simple-string" or urlsplit(spec.uri).scheme == "builtin":
+    if spec.model_type == "simple-string" or spec.is_builtin:
         return BUILTIN_SIZE_BYTES
-    path = local_path(spec.uri)
-    size = _disk_size(path) if path is not None else 0
-    return max(MIN_PREDICTED_BYTES, int(size * DISK_SIZE_FACTOR))
-
-
-def _disk_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    # A missing path walks as empty: the load will report it, not the guess.
-    total = 0
-    for folder, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except OSError:
-                continue  # removed while we walked
-    return total
+    return max(MIN_PREDICTED_BYTES, int(artifact_bytes * DISK_SIZE_FACTOR))

@@ -3,8 +3,11 @@ ModelMesh clients keep working.
 
 A ``ModelInfo`` becomes a spec as follows: ``type`` is the model type,
 ``path`` the storage URI, and ``key`` (optional) a JSON object with meshlet's
-extra fields: ``{"runtime": "mlserver", "size_hint": 123, "labels": {...}}``.
-A ``key`` that is not JSON is ignored (ModelMesh used it for storage keys).
+extra fields: ``{"runtime": "mlserver", "size_hint": 123, "labels": {...},
+"storage_key": "..."}``. ModelMesh's own key fields are understood too:
+``storage_key`` picks the storage-config key, and ``bucket`` with a ``path``
+that is not a URI makes ``s3://<bucket>/<path>``. A ``key`` that is not JSON
+is ignored.
 """
 
 from __future__ import annotations
@@ -30,14 +33,19 @@ def spec_from_model_info(model_id: str, info: mm.ModelInfo) -> ModelSpec:
             parsed = None
         if isinstance(parsed, dict):
             extra = parsed
+    uri = info.path
+    bucket = extra.get("bucket")
+    if bucket and "://" not in uri and not uri.startswith("/"):
+        uri = f"s3://{bucket}/{uri.lstrip('/')}"
     try:
         return ModelSpec(
             model_id=model_id,
-            uri=info.path,
+            uri=uri,
             runtime=str(extra.get("runtime", "mlserver")),
             model_type=info.type,
             size_hint=int(extra.get("size_hint", 0)),
             labels={str(k): str(v) for k, v in dict(extra.get("labels", {})).items()},
+            storage_key=str(extra.get("storage_key") or ""),
         )
     except (TypeError, ValueError) as err:
         raise InvalidSpec(f"modelInfo.key of {model_id!r}: {err}") from None

@@ -14,7 +14,7 @@ from types import TracebackType
 import grpc
 
 from agent.cli.errors import CliError
-from agent.proto import grpc_service_pb2_grpc, model_mesh_pb2_grpc
+from agent.proto import grpc_service_pb2_grpc, meshlet_pb2_grpc, model_mesh_pb2_grpc
 
 DEFAULT_ADDRESS = "localhost:8033"
 ADDRESS_ENV = "MESHLET_ADDRESS"
@@ -48,6 +48,7 @@ class Client:
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.mmesh = model_mesh_pb2_grpc.ModelMeshStub(self.channel)
         self.inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.cache = meshlet_pb2_grpc.CacheStub(self.channel)
 
     async def __aenter__(self) -> Client:
         return self

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from agent.cli import infer, model, serve, vmodel
+from agent.cli import cache, infer, model, serve, vmodel
 from agent.cli.args import setup_logging
 from agent.cli.errors import EXIT_ERROR, EXIT_OK, CliError
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_parser(commands)
     vmodel.add_parser(commands)
     infer.add_parser(commands)
+    cache.add_parser(commands)
     return parser
 
 

@@ -18,6 +18,7 @@ from agent.cli.progress import Progress
 from agent.cli.render import model_status_lines, vmodel_status_lines, write_index
 from agent.cli.specs import FieldError, checked_spec, load_model_file, model_info, parse_label
 from agent.proto import grpc_service_pb2 as pb
+from agent.proto import meshlet_pb2 as meshlet_pb
 from agent.proto import model_mesh_pb2 as mm
 from agent.registry.spec import RUNTIMES, ModelSpec
 
@@ -104,9 +105,13 @@ def _add_add(commands: Any) -> None:
         "runtime, size_hint (bytes or e.g. 64Mi) and labels (a mapping). The whole\n"
         "file is checked first; if any entry is invalid nothing is sent (exit 2).\n"
         "Then up to --concurrency registrations are in flight at once, with a\n"
-        "progress line on stderr. Exits 1 if any registration failed.",
+        "progress line on stderr. Exits 1 if any registration failed.\n\n"
+        "With --prefetch the agent also pulls each model's artifact into its node\n"
+        "cache (without loading it), so the first request only unpacks it.",
         "  meshlet model add my-model --uri /models/my-model --type sklearn --label team=a\n"
         "  meshlet model add ss-x --uri builtin://simple-string --type simple-string --load\n"
+        "  meshlet model add big --uri s3://models/big/ --type sklearn --storage-key minio "
+        "--prefetch\n"
         "  meshlet model add --file models.yaml --concurrency 128\n\n"
         "models.yaml:\n"
         "  models:\n"
@@ -117,8 +122,9 @@ def _add_add(commands: Any) -> None:
         "      labels: {team: a}",
     )
     add.add_argument("id", metavar="ID", nargs="?", help="model id (not with --file)")
-    add.add_argument("--uri", help="where the model's files are (builtin://..., file://... "
-                                   "or an absolute path)")
+    add.add_argument("--uri", help="where the model's files are: file://..., an absolute "
+                                   "path, http(s)://..., s3://bucket/key (a file or a "
+                                   "prefix), or builtin://...")
     add.add_argument("--type", dest="model_type", metavar="TYPE",
                      help="model type, e.g. sklearn or simple-string")
     add.add_argument("--runtime", choices=sorted(RUNTIMES),
@@ -128,6 +134,11 @@ def _add_add(commands: Any) -> None:
                           "(default: 0, the runtime predicts)")
     add.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                      type=_label_type, help="a label; repeat for more (default: none)")
+    add.add_argument("--storage-key", default="", metavar="KEY",
+                     help="s3: the storage-config key with the credentials (default: the "
+                          "key whose bucket matches, else 'default' / 'default_s3')")
+    add.add_argument("--prefetch", action="store_true",
+                     help="pull the artifact into the node cache now, without loading it")
     add.add_argument("--load", action="store_true",
                      help="load it now and wait until it is ready (default: on first use)")
     add.add_argument("--file", metavar="YAML",
@@ -164,25 +175,39 @@ async def add_models(args: argparse.Namespace) -> int:
         given = [flag for flag, value in (
             ("ID", args.id), ("--uri", args.uri), ("--type", args.model_type),
             ("--runtime", args.runtime), ("--size-hint", args.size_hint),
-            ("--label", args.label),
+            ("--label", args.label), ("--storage-key", args.storage_key),
         ) if value]
         if given:
             raise UsageError(f"--file takes the models from the file; drop {', '.join(given)}")
         specs = load_model_file(args.file)
-        return await register_file(args.address, specs, args.concurrency, args.load)
+        return await register_file(
+            args.address, specs, args.concurrency, args.load, args.prefetch
+        )
     missing = [flag for flag, value in (
         ("ID", args.id), ("--uri", args.uri), ("--type", args.model_type)) if not value]
     if missing:
         raise UsageError(f"model add needs {', '.join(missing)} (or --file)")
     try:
         spec = checked_spec(args.id, args.uri, args.model_type, args.runtime or "mlserver",
-                            args.size_hint, dict(args.label))
+                            args.size_hint, dict(args.label), args.storage_key)
     except FieldError as err:
         raise UsageError(f"{err.field}: {err.message}" if err.field else err.message) from None
     async with Client(args.address) as client:
         info = await client.mmesh.registerModel(_register_request(spec, args.load))
+        cached = await _prefetch(client, spec.model_id) if args.prefetch else None
     print("\n".join(model_status_lines(spec.model_id, info)))
+    if cached is not None:
+        how = "already cached" if cached.already_cached else "pulled"
+        print(f"cache:   {how}, {cached.size_bytes} bytes ({cached.compressed_bytes} "
+              f"compressed), sha256 {cached.digest}")
     return 1 if info.status == mm.ModelStatusInfo.LOADING_FAILED else 0
+
+
+async def _prefetch(client: Client, model_id: str) -> meshlet_pb.PrefetchResponse:
+    response: meshlet_pb.PrefetchResponse = await client.cache.Prefetch(
+        meshlet_pb.PrefetchRequest(model_id=model_id)
+    )
+    return response
 
 
 def _register_request(spec: ModelSpec, load: bool) -> mm.RegisterModelRequest:
@@ -192,14 +217,15 @@ def _register_request(spec: ModelSpec, load: bool) -> mm.RegisterModelRequest:
 
 
 async def register_file(
-    address: str, specs: Sequence[ModelSpec], concurrency: int, load: bool
+    address: str, specs: Sequence[ModelSpec], concurrency: int, load: bool,
+    prefetch: bool = False,
 ) -> int:
     """Register ``specs`` with bounded concurrency; report, list failures, exit 1 on any."""
     progress = Progress(len(specs), sys.stderr, "registering")
     failures: list[tuple[str, str]] = []
     async with Client(address) as client:
         try:
-            await register_many(client, specs, concurrency, load, progress, failures)
+            await register_many(client, specs, concurrency, load, progress, failures, prefetch)
         finally:
             progress.close()
     for model_id, why in failures[:MAX_FAILURES_LISTED]:
@@ -218,6 +244,7 @@ async def register_many(
     load: bool,
     progress: Progress,
     failures: list[tuple[str, str]],
+    prefetch: bool = False,
 ) -> None:
     """``concurrency`` workers take specs from one iterator, so a million specs
     never become a million tasks. Stops early if the agent cannot be reached."""
@@ -228,13 +255,18 @@ async def register_many(
         for spec in pending:
             if unreachable:
                 return
+            step = "register"
             try:
                 info = await client.mmesh.registerModel(_register_request(spec, load))
+                if prefetch:
+                    step = "prefetch"
+                    await _prefetch(client, spec.model_id)
             except grpc.aio.AioRpcError as err:
                 if client.unreachable(err):
                     unreachable.append(err)
                     return
-                failures.append((spec.model_id, client.describe(err)))
+                prefix = "prefetch failed: " if step == "prefetch" else ""
+                failures.append((spec.model_id, prefix + client.describe(err)))
             else:
                 if info.status == mm.ModelStatusInfo.LOADING_FAILED:
                     failures.append((spec.model_id, "load failed: " + "; ".join(info.errors)))

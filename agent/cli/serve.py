@@ -35,11 +35,15 @@ FLAGS: dict[str, tuple[str, Any]] = {
     "--metrics-host": ("metrics_host", str),
     "--metrics-port": ("metrics_port", int),
     "--memory-budget": ("memory_budget_bytes", size_type),
+    "--cache-dir": ("cache_dir", Path),
+    "--cache-quota": ("cache_quota_bytes", size_type),
+    "--storage-config-dir": ("storage_config_dir", Path),
     "--demo": ("demo_models", int),
 }
 METAVARS = {
     "--data-dir": "DIR", "--grpc-host": "HOST", "--grpc-port": "PORT",
     "--metrics-host": "HOST", "--metrics-port": "PORT", "--memory-budget": "SIZE", "--demo": "N",
+    "--cache-dir": "DIR", "--cache-quota": "SIZE", "--storage-config-dir": "DIR",
 }
 
 
@@ -75,7 +79,7 @@ def add_parser(subparsers: Any) -> None:
 def setting_help(field: str) -> str:
     info = Settings.model_fields[field]
     default = info.get_default(call_default_factory=True)
-    unit = f"; {SIZE_HELP}" if field == "memory_budget_bytes" else ""
+    unit = f"; {SIZE_HELP}" if field.endswith("_bytes") else ""
     about = (info.description or field).rstrip(".")
     text = f"{about} (default: {default}; env MESHLET_{field.upper()}{unit})"
     return text.replace("%", "%%")

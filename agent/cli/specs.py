@@ -22,7 +22,7 @@ from agent.errors import MeshletError
 from agent.proto import model_mesh_pb2 as mm
 from agent.registry.spec import RUNTIMES, ModelSpec, validate_model_id, validate_uri
 
-FIELDS = ("id", "uri", "type", "runtime", "size_hint", "labels")
+FIELDS = ("id", "uri", "type", "runtime", "size_hint", "labels", "storage_key")
 REQUIRED = ("id", "uri", "type")
 MAX_LISTED = 20  # problems shown before "... and N more"
 
@@ -35,7 +35,11 @@ class FieldError(ValueError):
 
 
 def model_info(spec: ModelSpec) -> mm.ModelInfo:
-    key = {"runtime": spec.runtime, "size_hint": spec.size_hint, "labels": spec.labels}
+    key: dict[str, object] = {
+        "runtime": spec.runtime, "size_hint": spec.size_hint, "labels": spec.labels
+    }
+    if spec.storage_key:
+        key["storage_key"] = spec.storage_key
     return mm.ModelInfo(type=spec.model_type, path=spec.uri, key=json.dumps(key))
 
 
@@ -100,12 +104,13 @@ def spec_from_entry(entry: Any) -> ModelSpec:
         runtime=_string(entry, "runtime", "mlserver"),
         size_hint=_size(entry.get("size_hint")),
         labels=_labels(entry.get("labels")),
+        storage_key=_string(entry, "storage_key", ""),
     )
 
 
 def checked_spec(
     model_id: str, uri: str, model_type: str, runtime: str = "mlserver",
-    size_hint: int = 0, labels: dict[str, str] | None = None,
+    size_hint: int = 0, labels: dict[str, str] | None = None, storage_key: str = "",
 ) -> ModelSpec:
     """A spec the agent will accept, or FieldError naming the field that it would not."""
     checks = (
@@ -121,7 +126,9 @@ def checked_spec(
         raise FieldError("runtime", f"{runtime!r} is not one of {', '.join(sorted(RUNTIMES))}")
     if not model_type:
         raise FieldError("type", "is empty")
-    spec = ModelSpec(model_id, uri, runtime, model_type, size_hint, dict(labels or {}))
+    spec = ModelSpec(
+        model_id, uri, runtime, model_type, size_hint, dict(labels or {}), storage_key
+    )
     try:
         return spec.validated()
     except MeshletError as err:  # a rule added to the agent that the checks above miss

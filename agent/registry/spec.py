@@ -15,10 +15,11 @@ from agent.errors import InvalidModelId, InvalidSpec, InvalidStorageUri
 
 MAX_ID_BYTES = 256
 
-# Schemes a puller serves. "builtin" names a model shipped inside meshlet (the
-# demo simple-string model); "file" and plain paths name a local artifact.
-# The node cache (issue 3) adds http(s) and s3 here.
-SUPPORTED_SCHEMES = frozenset({"builtin", "file"})
+# Schemes a model URI may use. "builtin" names a model shipped inside meshlet
+# (the demo simple-string model: no artifact); the others are fetched by the
+# pullers in ``agent.storage`` into the node cache. Plain absolute paths are
+# accepted too (as "file").
+SUPPORTED_SCHEMES = frozenset({"builtin", "file", "http", "https", "s3"})
 
 RUNTIMES = frozenset({"mlserver", "triton"})
 
@@ -66,6 +67,12 @@ class ModelSpec:
     model_type: str = ""
     size_hint: int = 0  # bytes; 0 = unknown, the runtime predicts
     labels: dict[str, str] = field(default_factory=dict)
+    storage_key: str = ""  # s3: the storage-config key; "" = chosen by bucket/default
+
+    @property
+    def is_builtin(self) -> bool:
+        """A model shipped inside meshlet: nothing to fetch."""
+        return urlsplit(self.uri).scheme.lower() == "builtin"
 
     def validated(self) -> ModelSpec:
         validate_model_id(self.model_id)
@@ -76,6 +83,8 @@ class ModelSpec:
             )
         if not self.model_type:
             raise InvalidSpec("model type is empty")
+        if "\x00" in self.storage_key or "/" in self.storage_key:
+            raise InvalidSpec(f"storage key {self.storage_key!r} is not a key name")
         if self.size_hint < 0:
             raise InvalidSpec(f"size hint {self.size_hint} is negative")
         return self

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS models (
     model_type  TEXT NOT NULL,
     size_hint   INTEGER NOT NULL DEFAULT 0,
     labels      TEXT NOT NULL DEFAULT '{}',
-    auto_delete INTEGER NOT NULL DEFAULT 0
+    auto_delete INTEGER NOT NULL DEFAULT 0,
+    storage_key TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS vmodels (
     id          TEXT PRIMARY KEY,
@@ -43,7 +44,11 @@ CREATE INDEX IF NOT EXISTS vmodels_active ON vmodels(active);
 CREATE INDEX IF NOT EXISTS vmodels_target ON vmodels(target);
 """
 
-_MODEL_COLUMNS = "id, uri, runtime, model_type, size_hint, labels"
+_MODEL_COLUMNS = "id, uri, runtime, model_type, size_hint, labels, storage_key"
+_INSERT_MODEL = (
+    "INSERT OR REPLACE INTO models (id, uri, runtime, model_type, size_hint, labels, "
+    "storage_key, auto_delete) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class PutResult(Enum):
@@ -66,9 +71,9 @@ class VModel:
         return self.active != self.target
 
 
-def _spec(row: tuple[str, str, str, str, int, str]) -> ModelSpec:
+def _spec(row: tuple[str, str, str, str, int, str, str]) -> ModelSpec:
     labels = json.loads(row[5]) if row[5] != "{}" else {}
-    return ModelSpec(row[0], row[1], row[2], row[3], row[4], labels)
+    return ModelSpec(row[0], row[1], row[2], row[3], row[4], labels, row[6])
 
 
 class ModelRegistry:
@@ -86,6 +91,7 @@ class ModelRegistry:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
+        _migrate(conn)
         return cls(conn)
 
     def close(self) -> None:
@@ -118,8 +124,7 @@ class ModelRegistry:
             if row and _spec(row) == spec:
                 return PutResult.UNCHANGED
             self._conn.execute(
-                "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (*_row(spec), int(auto_delete)),
+                _INSERT_MODEL, (*_row(spec), int(auto_delete))
             )
             return PutResult.REPLACED if row else PutResult.CREATED
 
@@ -141,7 +146,7 @@ class ModelRegistry:
                         continue
                     replaced.append(spec.model_id)
                 self._conn.execute(
-                    "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, 0)", _row(spec)
+                    _INSERT_MODEL, (*_row(spec), 0)
                 )
                 written += 1
         return written, replaced
@@ -214,7 +219,14 @@ class ModelRegistry:
         return [VModel(*r) for r in rows]
 
 
-def _row(spec: ModelSpec) -> tuple[str, str, str, str, int, str]:
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a registry written by an older meshlet up to this schema."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(models)")}
+    if "storage_key" not in columns:  # before the node cache (issue 3)
+        conn.execute("ALTER TABLE models ADD COLUMN storage_key TEXT NOT NULL DEFAULT ''")
+
+
+def _row(spec: ModelSpec) -> tuple[str, str, str, str, int, str, str]:
     return (
         spec.model_id,
         spec.uri,
@@ -222,4 +234,5 @@ def _row(spec: ModelSpec) -> tuple[str, str, str, str, int, str]:
         spec.model_type,
         spec.size_hint,
         spec.labels_json(),
+        spec.storage_key,
     )

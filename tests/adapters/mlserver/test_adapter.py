@@ -58,7 +58,7 @@ async def adapter(work_dir: Path) -> AsyncIterator[MLServerAdapter]:
     adapter = MLServerAdapter(options(work_dir))
     try:
         await adapter.start()
-        await adapter.load(simple("ss"))
+        await adapter.load(simple("ss"), None)
         yield adapter
     finally:
         await adapter.stop()
@@ -141,7 +141,7 @@ async def test_garbage_request_is_invalid_argument(adapter: MLServerAdapter) -> 
 
 async def test_unload_then_infer_is_not_found(adapter: MLServerAdapter, work_dir: Path) -> None:
     settings_folder = work_dir / "repository" / "short-lived"
-    await adapter.load(simple("short-lived"))
+    await adapter.load(simple("short-lived"), None)
     assert settings_folder.is_dir()
     assert outputs(await adapter.infer("short-lived", infer_request("short-lived"))) == EXPECTED
     await adapter.unload("short-lived")
@@ -157,7 +157,7 @@ async def test_load_of_unsupported_type_fails(adapter: MLServerAdapter, work_dir
     assert not adapter.supports("tensorflow")
     spec = ModelSpec("tf", "builtin://x", model_type="tensorflow")
     with pytest.raises(LoadFailed, match=r"'tf'.*'tensorflow' is not served"):
-        await adapter.load(spec)
+        await adapter.load(spec, None)
     assert not (work_dir / "repository" / "tf").exists()
 
 
@@ -170,7 +170,7 @@ async def test_load_failure_carries_mlserver_reason(
     artifact.write_bytes(b"not a model")
     spec = ModelSpec("broken", str(artifact), model_type="sklearn")
     with pytest.raises(LoadFailed) as raised:
-        await adapter.load(spec)
+        await adapter.load(spec, artifact)
     assert "model 'broken'" in raised.value.message
     assert "mlserver could not load it: " in raised.value.message
     assert len(raised.value.message) > len("model 'broken': mlserver could not load it: ")
@@ -184,7 +184,7 @@ async def test_artifact_with_its_own_settings(adapter: MLServerAdapter, tmp_path
     (artifact / "model-settings.json").write_text(
         '{"name": "ignored", "implementation": "adapters.mlserver.simple_string.SimpleStringModel"}'
     )
-    await adapter.load(ModelSpec("own", f"file://{artifact}", model_type="mlserver"))
+    await adapter.load(ModelSpec("own", f"file://{artifact}", model_type="mlserver"), artifact)
     try:
         assert outputs(await adapter.infer("own", infer_request("own"))) == EXPECTED
     finally:
@@ -230,16 +230,26 @@ async def test_malformed_frame_closes_only_that_connection(
 
 async def test_predict_size() -> None:
     adapter = MLServerAdapter(options(Path("/nonexistent")))
-    assert adapter.predict_size(simple("x")) == 16 * 1024
-    assert adapter.predict_size(ModelSpec("x", "/a", model_type="sklearn", size_hint=123)) == 123
-    assert adapter.predict_size(ModelSpec("x", "/nonexistent/a", model_type="sklearn")) == 2**20
+    assert adapter.predict_size(simple("x"), 0) == 16 * 1024
+    hinted = ModelSpec("x", "/a", model_type="sklearn", size_hint=123)
+    assert adapter.predict_size(hinted, 10**9) == 123
+    assert adapter.predict_size(ModelSpec("x", "/a", model_type="sklearn"), 10) == 2**20
+    spec = ModelSpec("x", "s3://b/k", model_type="xgboost")
+    assert adapter.predict_size(spec, 4 * 2**20) == int(4 * 2**20 * 1.25)
 
 
-async def test_predict_size_from_disk(tmp_path: Path) -> None:
-    (tmp_path / "weights").write_bytes(b"\0" * (4 * 2**20))
-    adapter = MLServerAdapter(options(tmp_path))
-    spec = ModelSpec("x", f"file://{tmp_path}", model_type="xgboost")
-    assert adapter.predict_size(spec) == int(4 * 2**20 * 1.25)
+async def test_settings_uri_outside_the_artifact_is_refused(
+    adapter: MLServerAdapter, tmp_path: Path
+) -> None:
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    (artifact / "model-settings.json").write_text(
+        '{"implementation": "mlserver_sklearn.SKLearnModel", '
+        '"parameters": {"uri": "../elsewhere/model.joblib"}}'
+    )
+    spec = ModelSpec("escape", f"file://{artifact}", model_type="mlserver")
+    with pytest.raises(LoadFailed, match="outside the artifact"):
+        await adapter.load(spec, artifact)
 
 
 async def test_runtime_death_reports_lost_models_and_restarts(tmp_path: Path) -> None:
@@ -248,8 +258,8 @@ async def test_runtime_death_reports_lost_models_and_restarts(tmp_path: Path) ->
     adapter.set_models_lost_listener(lambda kind, ids: lost.append((kind, sorted(ids))))
     try:
         await adapter.start()
-        await adapter.load(simple("a"))
-        await adapter.load(simple("b"))
+        await adapter.load(simple("a"), None)
+        await adapter.load(simple("b"), None)
         old_pid = adapter.processes()[0].pid
 
         os.kill(old_pid, signal.SIGKILL)
@@ -263,7 +273,7 @@ async def test_runtime_death_reports_lost_models_and_restarts(tmp_path: Path) ->
         assert info.pid != old_pid
         assert info.models == 0
         assert not pid_exists(old_pid)
-        await adapter.load(simple("a"))
+        await adapter.load(simple("a"), None)
         assert outputs(await adapter.infer("a", infer_request("a"))) == EXPECTED
     finally:
         await adapter.stop()
@@ -275,7 +285,7 @@ async def test_runtime_death_reports_lost_models_and_restarts(tmp_path: Path) ->
     with pytest.raises(RuntimeUnavailable):
         await adapter.infer("a", infer_request("a"))
     with pytest.raises(RuntimeUnavailable):
-        await adapter.load(simple("a"))
+        await adapter.load(simple("a"), None)
 
 
 @pytest.fixture
@@ -310,7 +320,7 @@ async def test_ports_taken_before_the_runtime_binds_them(
         assert len(picks) >= 2
         [info] = adapter.processes()
         assert info.grpc_address != f"127.0.0.1:{taken_ports[0]}"
-        await adapter.load(simple("ss"))
+        await adapter.load(simple("ss"), None)
         assert outputs(await adapter.infer("ss", infer_request())) == EXPECTED
     finally:
         await adapter.stop()

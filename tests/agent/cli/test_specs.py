@@ -54,7 +54,7 @@ models:
   - {id: 123, uri: /m, type: t}
   - {id: a/b, uri: /m, type: t}
   - {id: c, url: /m, type: t}
-  - {id: d, uri: "http://x", type: t}
+  - {id: d, uri: "gs://x", type: t}
   - {id: ok, uri: /m, type: t}
   - {id: e, uri: /m, type: t, runtime: onnx}
   - {id: f, uri: /m, type: t, size_hint: lots}
@@ -68,9 +68,9 @@ models:
         "  models[1]: id: must be a string, got int 123 (quote it in YAML)",
         "  models[2] (id 'a/b'): id: model id 'a/b' contains a path separator",
         "  models[3] (id 'c'): url: is not a field (fields: id, uri, type, runtime, "
-        "size_hint, labels)",
-        "  models[4] (id 'd'): uri: storage uri 'http://x': scheme 'http' is not supported "
-        "(supported: builtin, file, or an absolute path)",
+        "size_hint, labels, storage_key)",
+        "  models[4] (id 'd'): uri: storage uri 'gs://x': scheme 'gs' is not supported "
+        "(supported: builtin, file, http, https, s3, or an absolute path)",
         "  models[5] (id 'ok'): id: duplicate of models[0]",
         "  models[6] (id 'e'): runtime: 'onnx' is not one of mlserver, triton",
         "  models[7] (id 'f'): size_hint: 'lots' is not a size (bytes, or with a suffix: "
