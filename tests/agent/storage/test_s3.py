@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +15,7 @@ import pytest
 
 from agent.errors import LoadFailed
 from agent.storage import ArtifactTooLarge, S3Options, S3Puller, StorageConfig
+from tests.servers import moto_server
 
 SINGLE = os.urandom(3000)
 CONFIG_JSON = b'{"name": "m"}'
@@ -33,27 +30,6 @@ class Moto:
     endpoint: str
     access_key_id: str
     secret_access_key: str
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_accepting(proc: subprocess.Popen[bytes], port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert proc.poll() is None, f"moto server exited with {proc.returncode}"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"moto server not accepting on {port} after {timeout_s} s"
-                ) from exc
-            time.sleep(0.05)  # poll
 
 
 def seed(endpoint: str) -> tuple[str, str]:
@@ -89,25 +65,9 @@ def seed(endpoint: str) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_accepting(proc, port)
-        endpoint = f"http://127.0.0.1:{port}"
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
         access_key_id, secret = seed(endpoint)
         yield Moto(endpoint, access_key_id, secret)
-    finally:
-        proc.terminate()  # by its pid
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def write_config(root: Path, moto: Moto, **keys: dict[str, str]) -> StorageConfig:
