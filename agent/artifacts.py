@@ -27,7 +27,7 @@ Decisions:
 * Unpacked copies live under this agent's own work dir
   (``<data_dir>/artifacts``), not the shared cache dir, so one agent's cleanup
   never removes files another agent's runtime reads. Copies left by a crash are
-  reused when their digest marker matches.
+  reused when their digest marker matches (``prepare`` removes the rest).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from pathlib import Path
 
 from agent.cache.errors import BlobCorrupt
 from agent.cache.index import BlobInfo
-from agent.cache.node import NodeCache
+from agent.cache.node import MARKER, NodeCache
 from agent.errors import LoadFailed
 from agent.metrics import Metrics
 from agent.registry.spec import ModelSpec
@@ -106,10 +106,21 @@ class ArtifactStore:
         self._copies: dict[Path, _Copy] = {}
 
     def prepare(self) -> None:
-        """Remove staging files a crashed run left (blocking; call at start)."""
+        """Tidy what a crashed run left (blocking; call at start, before any
+        runtime can read): staging files, half-done unpacks, and unpacked
+        copies whose blob the cache no longer has. Complete copies of cached
+        blobs stay, to be reused by the next load that needs them."""
         shutil.rmtree(self._staging, ignore_errors=True)
         self._staging.mkdir(parents=True, exist_ok=True)
         self._unpacked.mkdir(parents=True, exist_ok=True)
+        cached = {info.digest for info in self.cache.ls()}
+        for entry in self._unpacked.iterdir():
+            try:
+                digest = (entry / MARKER).read_text()
+            except OSError:
+                digest = ""
+            if entry.name.startswith(".") or digest not in cached:
+                shutil.rmtree(entry, ignore_errors=True)
 
     def check_uri(self, uri: str) -> None:
         """Refuse at registration what a fetch would refuse: a file URI outside

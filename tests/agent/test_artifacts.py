@@ -185,3 +185,23 @@ async def test_missing_file_is_failed_precondition(tmp_path: Path) -> None:
     store, _ = make_store(tmp_path)
     with pytest.raises(LoadFailed, match="does not exist"):
         await store.fetch(spec("m", str(tmp_path / "nope")))
+
+
+async def test_prepare_keeps_complete_copies_and_removes_leftovers(
+    tmp_path: Path, server: FileServer
+) -> None:
+    store, _ = make_store(tmp_path)
+    kept = await store.fetch(spec("m", server.url("model.bin")))  # never released: a crash
+    unpacked = tmp_path / "work" / "unpacked"
+    (unpacked / ".half-done.unpack-x").mkdir()
+    (unpacked / "stale").mkdir()
+    (unpacked / "stale" / ".meshlet-unpacked").write_text("0" * 64)
+    staged = tmp_path / "work" / "staging" / "partial"
+    staged.write_bytes(b"x")
+    store.cache.close()
+    restarted, _ = make_store(tmp_path)
+    assert sorted(p.name for p in unpacked.iterdir()) == [kept.path.parent.name]
+    assert not staged.exists()
+    again = await restarted.fetch(spec("m", server.url("model.bin")))
+    assert again.path == kept.path
+    assert again.path.read_bytes() == CONTENT
