@@ -21,6 +21,7 @@ from adapters.base import (
 )
 from adapters.mlserver import model_settings
 from adapters.mlserver.process import MLServerProcess
+from adapters.runtime_process import RuntimeProcess
 from agent.errors import MeshletError, RuntimeUnavailable
 from agent.registry.spec import ModelSpec
 
@@ -112,7 +113,7 @@ class MLServerAdapter(RuntimeAdapter):
     def set_models_lost_listener(self, listener: ModelsLostListener) -> None:
         self._listener = listener
 
-    def _models_lost(self, process: MLServerProcess, model_ids: list[str]) -> None:
+    def _models_lost(self, process: RuntimeProcess, model_ids: list[str]) -> None:
         for model_id in model_ids:
             if self._placement.get(model_id) is process:
                 del self._placement[model_id]

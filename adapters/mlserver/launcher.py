@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from adapters.mlserver.framing import DEFAULT_MAX_PAYLOAD_BYTES
+from adapters.pdeathsig import arm_parent_death_signal
 
 if TYPE_CHECKING:
     from mlserver.settings import Settings
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 # Named, not __name__: run with -m this module is "__main__".
 log = logging.getLogger("adapters.mlserver.launcher")
 
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-EXIT_PARENT_GONE = 3
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -61,24 +59,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="largest channel frame payload and gRPC message",
     )
     return parser.parse_args(argv)
-
-
-def arm_parent_death_signal(parent_pid: int | None) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies.
-
-    The parent may have died between our fork and this call, in which case the
-    signal will never come; ``getppid()`` then no longer names the parent
-    passed in, and we exit instead.
-    """
-    if sys.platform != "linux":
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"prctl(PR_SET_PDEATHSIG): {os.strerror(errno)}")
-    if parent_pid is not None and os.getppid() != parent_pid:
-        log.error("parent %d is gone; exiting", parent_pid)
-        sys.exit(EXIT_PARENT_GONE)
 
 
 def build_settings(args: argparse.Namespace) -> Settings:

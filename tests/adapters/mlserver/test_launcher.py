@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from adapters.mlserver.launcher import EXIT_PARENT_GONE
+from adapters.pdeathsig import EXIT_PARENT_GONE
 from tests.adapters.helpers import pid_exists, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
