@@ -11,7 +11,8 @@ Contract:
   started at all (binary missing), ``available`` stays False and loads raise
   ``RuntimeUnavailable``; the agent keeps serving other runtimes.
 * ``load(spec, artifact)`` returns only after the runtime reports the model
-  ready, so a model is never routed to before it can answer. ``artifact`` is
+  ready, so a model is never routed to before it can answer. It returns the
+  memory the load was measured to add, if the runtime can measure it. ``artifact`` is
   the local path of the model's files (unpacked from the node cache; a file or
   a directory), or None for a builtin model; it stays in place until
   ``unload`` returns. Failures raise ``LoadFailed`` with the runtime's reason.
@@ -53,6 +54,8 @@ class RuntimeOptions:
     liveness_misses: int = 3  # unanswered pings in a row before a runtime is killed
     restart_backoff_s: float = 0.5  # first delay before a restart; doubles, max 30 s
     channel_connections: int = 4  # request connections to each runtime process
+    server_path: Path | None = None  # the runtime's server binary, if not found by itself
+    backend_dir: Path | None = None  # Triton: its backends, if not found by itself
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,9 @@ class RuntimeAdapter(abc.ABC):
         ``artifact_bytes`` is the size of its files (0 for a builtin model)."""
 
     @abc.abstractmethod
-    async def load(self, spec: ModelSpec, artifact: Path | None) -> None: ...
+    async def load(self, spec: ModelSpec, artifact: Path | None) -> int | None:
+        """Load and return the bytes the model was measured to take, or None
+        when the runtime cannot tell (the predicted size stands)."""
 
     @abc.abstractmethod
     async def unload(self, model_id: str) -> None: ...
@@ -121,6 +126,7 @@ class RuntimeAdapter(abc.ABC):
 # name -> "module:Class"; imported only when a node uses that runtime.
 ADAPTERS: dict[str, str] = {
     "mlserver": "adapters.mlserver.adapter:MLServerAdapter",
+    "triton": "adapters.triton.adapter:TritonAdapter",
 }
 
 

@@ -97,6 +97,13 @@ class Agent:
     def ready(self) -> bool:
         return self._ready and any(a.available for a in self.adapters.values())
 
+    def runtime_states(self) -> dict[str, str]:
+        """Runtime kind -> "" when it serves, else why it is unavailable."""
+        return {
+            kind: "" if a.available else (a.unavailable_reason or "not running")
+            for kind, a in self.adapters.items()
+        }
+
     @property
     def models(self) -> ModelService:
         assert self._models is not None, "agent not started"
@@ -136,7 +143,7 @@ class Agent:
         await self._start_grpc(router)
         if s.metrics_port >= 0:
             self._http = HttpServer(s.metrics_host, s.metrics_port, self.metrics.registry,
-                                    self.ready)
+                                    self.ready, self.runtime_states)
             await self._http.start()
             self.metrics_port = self._http.port
 

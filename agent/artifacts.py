@@ -45,7 +45,7 @@ from pathlib import Path
 
 from agent.cache.errors import BlobCorrupt
 from agent.cache.index import BlobInfo
-from agent.cache.node import MARKER, NodeCache
+from agent.cache.node import BOOT_ID, MARKER, NodeCache
 from agent.errors import LoadFailed
 from agent.metrics import Metrics
 from agent.registry.spec import ModelSpec
@@ -116,10 +116,10 @@ class ArtifactStore:
         cached = {info.digest for info in self.cache.ls()}
         for entry in self._unpacked.iterdir():
             try:
-                digest = (entry / MARKER).read_text()
+                digest, _, boot = (entry / MARKER).read_text().partition(" ")
             except OSError:
-                digest = ""
-            if entry.name.startswith(".") or digest not in cached:
+                digest, boot = "", ""
+            if entry.name.startswith(".") or digest not in cached or boot != BOOT_ID:
                 shutil.rmtree(entry, ignore_errors=True)
 
     def check_uri(self, uri: str) -> None:

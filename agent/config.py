@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     runtime_restart_backoff_s: float = Field(0.5, gt=0)
     runtime_channel_connections: int = Field(4, ge=1)
     load_timeout_s: float = Field(60.0, gt=0, description="One model load, end to end.")
+    triton_server_path: Path | None = Field(
+        None,
+        description="tritonserver binary; default: the nvidia-pytriton wheel's, else PATH.",
+    )
+    triton_backend_dir: Path | None = Field(
+        None, description="Triton backends directory; default: found next to the binary."
+    )
 
     # --- node cache and storage ------------------------------------------------
     cache_dir: Path | None = Field(
@@ -136,6 +143,8 @@ class Settings(BaseSettings):
             liveness_misses=self.runtime_liveness_misses,
             restart_backoff_s=self.runtime_restart_backoff_s,
             channel_connections=self.runtime_channel_connections,
+            server_path=self.triton_server_path if kind == "triton" else None,
+            backend_dir=self.triton_backend_dir if kind == "triton" else None,
         )
 
     def resolved_memory_budget(self) -> int:

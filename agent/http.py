@@ -1,4 +1,9 @@
-"""The HTTP side port: Prometheus ``/metrics``, ``/healthz`` and ``/readyz``."""
+"""The HTTP side port: Prometheus ``/metrics``, ``/healthz`` and ``/readyz``.
+
+``/readyz`` is 200 while the agent serves with at least one runtime up, else
+503; either way its body lists each runtime the node runs as ``kind: up`` or
+``kind: unavailable: <reason>``.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 class HttpServer:
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        runtimes: Callable[[], dict[str, str]] = dict,
     ) -> None:
+        """``runtimes()``: runtime kind -> "" when up, else why it is unavailable."""
         self._host = host
         self._port = port
         self._registry = registry
         self._ready = ready
+        self._runtimes = runtimes
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -45,6 +57,8 @@ class HttpServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        if self._ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+        ready = self._ready()
+        lines = ["ready" if ready else "not ready"]
+        for kind, reason in self._runtimes().items():
+            lines.append(f"{kind}: up" if not reason else f"{kind}: unavailable: {reason}")
+        return web.Response(status=200 if ready else 503, text="\n".join(lines) + "\n")

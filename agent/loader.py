@@ -142,7 +142,7 @@ class Loader:
         self._reserved_bytes += size
         path = artifact.path if artifact else None
         try:
-            await asyncio.wait_for(adapter.load(spec, path), self._load_timeout_s)
+            measured = await asyncio.wait_for(adapter.load(spec, path), self._load_timeout_s)
         except TimeoutError:
             self._record_failure(spec.model_id, f"load timed out after {self._load_timeout_s} s")
             raise LoadFailed(
@@ -154,6 +154,8 @@ class Loader:
         finally:
             self._reserved_bytes -= size
         self.failures.pop(spec.model_id, None)
+        if measured is not None:
+            size = measured
         model = LoadedModel(spec, adapter, size, artifact=artifact)
         self._inventory.add(model)
         return model

@@ -21,6 +21,7 @@ class FakeAdapter(RuntimeAdapter):
         self.loaded: set[str] = set()
         self.load_calls: list[str] = []
         self.artifacts: dict[str, Path | None] = {}  # model id -> the path it loaded from
+        self.measured: dict[str, int] = {}  # model id -> the size its load reports
         self.unload_calls: list[str] = []
         self.fail: dict[str, str] = {}
         self.gate: asyncio.Event | None = None
@@ -42,7 +43,7 @@ class FakeAdapter(RuntimeAdapter):
     def predict_size(self, spec: ModelSpec, artifact_bytes: int) -> int:
         return spec.size_hint or self.size
 
-    async def load(self, spec: ModelSpec, artifact: Path | None) -> None:
+    async def load(self, spec: ModelSpec, artifact: Path | None) -> int | None:
         self.load_calls.append(spec.model_id)
         self.artifacts[spec.model_id] = artifact
         if self.gate is not None:
@@ -50,6 +51,7 @@ class FakeAdapter(RuntimeAdapter):
         if spec.model_id in self.fail:
             raise LoadFailed(self.fail[spec.model_id])
         self.loaded.add(spec.model_id)
+        return self.measured.get(spec.model_id)
 
     async def unload(self, model_id: str) -> None:
         self.unload_calls.append(model_id)

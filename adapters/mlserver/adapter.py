@@ -143,7 +143,7 @@ class MLServerAdapter(RuntimeAdapter):
                 return process
         raise RuntimeUnavailable(f"mlserver is not running: {self.unavailable_reason}")
 
-    async def load(self, spec: ModelSpec, artifact: Path | None) -> None:
+    async def load(self, spec: ModelSpec, artifact: Path | None) -> int | None:
         process = self._process_for(spec)
         folder = model_settings.write_model_settings(self._repository, spec, artifact)
         try:
@@ -154,6 +154,7 @@ class MLServerAdapter(RuntimeAdapter):
             await asyncio.shield(self._discard(process, spec.model_id, folder))
             raise
         self._placement[spec.model_id] = process
+        return None  # models share one process: no per-model measurement yet
 
     async def _discard(self, process: MLServerProcess, model_id: str, folder: Path) -> None:
         try:

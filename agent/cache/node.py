@@ -56,7 +56,25 @@ from agent.errors import NotFound
 
 log = logging.getLogger(__name__)
 
-MARKER = ".meshlet-unpacked"  # written last into an unpacked copy: its digest
+MARKER = ".meshlet-unpacked"  # written last into an unpacked copy: its marker_text
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+BOOT_ID = _boot_id()
+
+
+def marker_text(digest: str) -> str:
+    """What an unpacked copy's marker holds: the digest, and the boot it was
+    written in. Unpacking does not fsync, so after a reboot (a power cut) a copy
+    is not trusted and is unpacked again; within one boot the page cache makes
+    a completed copy whole whatever happened to the processes."""
+    return f"{digest} {BOOT_ID}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +243,7 @@ class NodeCache:
         dest = Path(dest)
         result = dest if info.kind == "dir" else dest / info.name
         with contextlib.suppress(OSError):
-            if (dest / MARKER).read_text() == info.digest:
+            if (dest / MARKER).read_text() == marker_text(info.digest):
                 self._index.touch(info.digest)
                 return result
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -235,8 +253,8 @@ class NodeCache:
                 unpack_blob(self.blob_path(info.digest), info.kind, info.name, info.digest, work)
             except Damaged as e:
                 raise self._corrupt(info.digest, e.reason) from None
-            (work / MARKER).write_text(info.digest)
-            swap_in(work, dest, MARKER, info.digest)
+            (work / MARKER).write_text(marker_text(info.digest))
+            swap_in(work, dest, MARKER, marker_text(info.digest))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         self._index.touch(info.digest)

@@ -12,7 +12,7 @@ import signal
 import sys
 from types import FrameType
 
-from . import coldstart, density, registry, serve
+from . import cache, coldstart, density, registry, serve
 from .report import finish
 
 BENCHMARKS = {
@@ -20,6 +20,7 @@ BENCHMARKS = {
     "serve": (serve, "QPS and latency through meshlet vs directly against MLServer"),
     "coldstart": (coldstart, "first request to a registered, unloaded model"),
     "registry": (registry, "the SQLite registry alone: register, list, get 1M models"),
+    "cache": (cache, "node cache: compression ratio and speed, unpack vs copy, cold start"),
 }
 
 

@@ -108,6 +108,18 @@ async def test_model_with_requests_in_flight_is_not_evicted(node: Node) -> None:
         await node.infer("e")
 
 
+async def test_measured_size_replaces_the_prediction(node: Node) -> None:
+    await node.add("a", "b", "c")
+    node.adapter.measured["a"] = 250  # predicted 100; the runtime measured more
+    await node.infer("a")
+    assert node.models.status("a").size_bytes == 250
+    assert node.inventory.used_bytes == 250
+    await node.infer("b")  # 250 + 100 > 300: "a" must go
+    assert node.adapter.unload_calls == ["a"]
+    await node.infer("c")
+    assert node.inventory.used_bytes == 200
+
+
 async def test_model_bigger_than_budget(node: Node) -> None:
     await node.add("huge", size=301)
     with pytest.raises(ModelTooLarge, match="whole memory budget"):

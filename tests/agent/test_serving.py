@@ -107,6 +107,7 @@ def test_metrics_endpoint(shared_agent: AgentProcess, client: triton.InferenceSe
     assert "meshlet_models_loaded" in body
     with urllib.request.urlopen(f"{base}/readyz", timeout=10) as resp:
         assert resp.status == 200
+        assert resp.read().decode() == "ready\nmlserver: up\n"
 
 
 # --- bad input: each gets its status, and the agent keeps serving -----------------

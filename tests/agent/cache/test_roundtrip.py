@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 from agent.cache import MARKER, NodeCache, digest_of
+from agent.cache.node import marker_text
 from tests.agent.cache.conftest import blob_files, make_tree, tree_contents
 
 
@@ -19,7 +20,7 @@ def test_file_round_trip(cache: NodeCache, tmp_path: Path) -> None:
     out = cache.unpack("s3://b/model.pkl#v1", tmp_path / "dest")
     assert out == tmp_path / "dest" / "model.pkl"
     assert out.read_bytes() == src.read_bytes()
-    assert (tmp_path / "dest" / MARKER).read_text() == info.digest
+    assert (tmp_path / "dest" / MARKER).read_text() == marker_text(info.digest)
 
 
 def test_directory_round_trip(cache: NodeCache, tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ def test_unpack_is_skipped_when_dest_holds_a_verified_copy(
     (dest / MARKER).write_text("0" * 64)
     cache.unpack("m", dest)
     assert not (dest / "stale.txt").exists()
-    assert (dest / MARKER).read_text() == info.digest
+    assert (dest / MARKER).read_text() == marker_text(info.digest)
     assert (dest / "model.bin").stat().st_ino != inode
 
 
@@ -119,3 +120,16 @@ def test_pins_are_counted_and_cleared_for_the_same_owner(tmp_path: Path) -> None
     assert two.unpack("k", tmp_path / "d").read_bytes() == b"abc"
     one.close()
     two.close()
+
+
+def test_copy_from_an_earlier_boot_is_unpacked_again(tmp_path: Path) -> None:
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"weights" * 1000)
+    cache = NodeCache(tmp_path / "cache", 10**9, owner="t")
+    info = cache.put("k", src)
+    dest = tmp_path / "dest"
+    cache.unpack(info, dest)
+    (dest / "model.bin").write_bytes(b"")  # lost in a power cut: never fsynced
+    (dest / MARKER).write_text(f"{info.digest} another-boot")
+    assert cache.unpack(info, dest).read_bytes() == b"weights" * 1000
+    assert (dest / MARKER).read_text() == marker_text(info.digest)

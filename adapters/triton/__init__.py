@@ -1,0 +1,1 @@
+"""The Triton runtime adapter."""
