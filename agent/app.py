@@ -148,7 +148,9 @@ class Agent:
             self.metrics_port = self._http.port
 
         if s.demo_models:
-            written = await self._models.register_many(demo_specs(s.demo_models))
+            written = await self._models.register_many(
+                demo_specs(s.demo_models, s.demo_runtime)
+            )
             log.info("demo: %d simple-string models registered (%d new or changed)",
                      s.demo_models, written)
         self._vmodels.resume()

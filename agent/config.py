@@ -113,6 +113,9 @@ class Settings(BaseSettings):
 
     # --- demo --------------------------------------------------------------
     demo_models: int = Field(0, ge=0, description="Register simple-string-0..N-1 at start.")
+    demo_runtime: str = Field(
+        "mlserver", description="Runtime the demo models are registered for (mlserver, triton)."
+    )
 
     @property
     def registry_path(self) -> Path:

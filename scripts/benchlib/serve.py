@@ -1,10 +1,14 @@
 """``bench serve``: inference throughput and latency through meshlet and directly
-against the same MLServer process, in the same run.
+against the same runtime process (MLServer, or Triton with ``--runtime
+triton``), in the same run.
 
 An agent with ``--demo N`` loads all N models; then the load generator (its own
 process, ``loadgen.py``) runs twice with the same plan: once at the agent's
 address ("through"), once at the runtime's own gRPC port ("direct"), which the
-agent's launcher child was started with (``--grpc-port P`` on its command line).
+agent's runtime child was started with (``--grpc-port P`` on its command line).
+With ``--runtime triton`` the agent runs Triton only and the demo models are
+the Python-backend simple-string (one stub process each); the figures then
+also say how many such models fit per GiB (their measured sizes).
 CPU time of the agent alone, of the runtime process tree and of the load
 generator is read at the edges of each measured window.
 """
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 
 from agent.proto import grpc_service_pb2 as kserve
 from agent.proto import grpc_service_pb2_grpc as kserve_grpc
@@ -32,6 +37,8 @@ from .report import environment, mib, print_environment, progress, say
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=int, required=True, help="models loaded and spread over")
+    p.add_argument("--runtime", choices=("mlserver", "triton"), default="mlserver",
+                   help="the runtime serving the demo models (default: mlserver)")
     p.add_argument("--concurrency", type=int, default=16,
                    help="requests in flight (closed loop; ignored with --rate)")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
@@ -59,7 +66,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     say(f"serve: {n:,} models, {mode}, {args.warmup:g} s warmup + {args.duration:g} s "
         f"per run, client {args.client}")
 
-    agent = BenchAgent(n, budget, keep=args.keep, label="serve")
+    runtime_env = {"MESHLET_RUNTIMES": json.dumps([args.runtime]),
+                   "MESHLET_DEMO_RUNTIME": args.runtime}
+    agent = BenchAgent(n, budget, keep=args.keep, label="serve", extra_env=runtime_env)
     work = Path(tempfile.mkdtemp(prefix="meshlet-bench-plan-"))
     try:
         agent.start(timeout_s=max(300.0, n / 100))
@@ -94,8 +103,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not direct_targets:
                 raise SystemExit("no runtime gRPC address found for the direct run")
             plan = {**base_plan, "targets": direct_targets}
-            runs["direct"] = _loadgen(work / "direct.json", plan, "direct to MLServer")
+            runs["direct"] = _loadgen(work / "direct.json", plan, f"direct to {args.runtime}")
         metrics = agent.metrics()
+        runtime_rss = sum(_rss(p) for r in runtimes for p in r.tree())
     finally:
         agent.stop()
         for f in work.glob("*"):
@@ -113,7 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ratio = (through["qps"] / direct["qps"]) if through and direct and direct["qps"] else None
     result: dict[str, Any] = {
         "benchmark": "serve",
-        "runtime": "mlserver",
+        "runtime": args.runtime,
         "models": n,
         "concurrency": None if args.rate else args.concurrency,
         "rate": args.rate or None,
@@ -127,6 +137,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "runtime_processes": len(runtimes),
         "loads_per_s": loads.per_s,
         "loads_failed": loads.failed,
+        "runtime_rss_bytes": runtime_rss,
+        "models_per_gib": _models_per_gib(metrics),
         "agent_metrics": metrics,
         "orphans": agent.orphans,
         **env,
@@ -166,6 +178,22 @@ async def _direct_targets(runtimes: list[RuntimeProc], names: list[str]) -> dict
         if held:
             targets[address] = held
     return targets
+
+
+def _rss(p: psutil.Process) -> int:
+    try:
+        return int(p.memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+def _models_per_gib(metrics: dict[str, float]) -> float | None:
+    """Models that fit in 1 GiB at their measured (or predicted) mean size."""
+    used = metrics.get("meshlet_memory_used_bytes")
+    loaded = metrics.get("meshlet_models_loaded")
+    if not used or not loaded:
+        return None
+    return float(2**30 / (used / loaded))
 
 
 def _loadgen(plan_path: Path, plan: dict[str, Any], label: str) -> dict[str, Any]:
@@ -210,5 +238,13 @@ def _print(r: dict[str, Any]) -> None:
     if r["through"]:
         say(f"agent_cpu_us_per_request      {r['agent_cpu_us_per_request']:,.0f} "
             "(agent process only, user+sys, over the through run)")
+    if r["through"] and r["direct"]:
+        added = r["through"]["p50_ms"] - r["direct"]["p50_ms"]
+        say(f"added p50 latency             {added:.2f} ms")
+    say(f"runtime processes RSS         {mib(r['runtime_rss_bytes'])} "
+        f"({r['runtime']}, {r['models']:,} models)")
+    if r["models_per_gib"]:
+        say(f"models per GiB                {r['models_per_gib']:,.1f} (at their mean size "
+            "as the agent accounts it)")
     if r["orphans"]:
         say(f"ORPHANED runtimes             {r['orphans']}")
