@@ -88,6 +88,8 @@ def _open(args: argparse.Namespace) -> NodeCache:
 
 
 def _mib(n: int) -> str:
+    if n < 2**20:
+        return f"{n / 2**10:.1f} KiB"
     return f"{n / 2**20:.1f} MiB"
 
 
@@ -134,11 +136,13 @@ def prune_cache(args: argparse.Namespace) -> int:
     try:
         result = cache.prune()
         if args.max_bytes is not None:
+            before = cache.stats().blobs
             cache.quota_bytes = args.max_bytes
             try:
-                evicted = len(cache.evict_to_fit(0))
+                cache.evict_to_fit(0)
             except CacheFull:
                 still_pinned = True  # every unpinned blob is gone; the rest is in use
+            evicted = before - cache.stats().blobs
         used = cache.stats().used_bytes
     finally:
         cache.close()
