@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
 import numpy as np
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
+from tritonclient.utils import InferenceServerException
 
 from agent.proto import model_mesh_pb2 as mm
 from agent.proto import model_mesh_pb2_grpc as mm_grpc
@@ -43,6 +45,28 @@ async def infer_aio(
     client: triton_aio.InferenceServerClient, model: str, **kw: object
 ) -> triton.InferResult:
     return await client.infer(model, string_inputs(module=triton_aio), **kw)  # type: ignore[arg-type]
+
+
+async def until_recovered(
+    client: triton_aio.InferenceServerClient, models: list[str], streak_needed: int,
+    timeout_s: float,
+) -> tuple[int, int]:
+    """Send requests round the models until ``streak_needed`` succeed in a row
+    (failures retried after a short poll); returns (successes, failures)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    ok = failed = streak = 0
+    while streak < streak_needed:
+        assert loop.time() < deadline, f"no recovery: {failed} failed"
+        try:
+            check_sums(await infer_aio(client, models[ok % len(models)], client_timeout=30))
+            ok += 1
+            streak += 1
+        except InferenceServerException:
+            failed += 1
+            streak = 0
+            await asyncio.sleep(0.05)  # poll
+    return ok, failed
 
 
 class MeshClient:

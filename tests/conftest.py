@@ -44,8 +44,8 @@ def wait_for(condition: Callable[[], object], timeout_s: float = 30.0, what: str
         time.sleep(0.05)  # poll
 
 
-def runtime_pids(agent_pid: int) -> list[int]:
-    """Pids of the MLServer launcher processes under an agent."""
+def descendant_pids(agent_pid: int, match: Callable[[list[str]], bool]) -> list[int]:
+    """Pids of the processes under an agent whose command line ``match`` accepts."""
     try:
         children = psutil.Process(agent_pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -53,11 +53,16 @@ def runtime_pids(agent_pid: int) -> list[int]:
     pids = []
     for child in children:
         try:
-            if "adapters.mlserver.launcher" in " ".join(child.cmdline()):
+            if match(child.cmdline()):
                 pids.append(child.pid)
         except psutil.NoSuchProcess:
             pass
     return pids
+
+
+def runtime_pids(agent_pid: int) -> list[int]:
+    """Pids of the MLServer launcher processes under an agent."""
+    return descendant_pids(agent_pid, lambda cmd: "adapters.mlserver.launcher" in " ".join(cmd))
 
 
 def pid_gone(pid: int) -> bool:

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
-import psutil
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
@@ -21,8 +20,8 @@ from tritonclient.utils import InferenceServerException
 
 from agent.process import AgentProcess
 from agent.proto import model_mesh_pb2 as mm
-from tests.clients import MeshClient, check_sums, infer, infer_aio
-from tests.conftest import FAST_ENV, wait_for
+from tests.clients import MeshClient, check_sums, infer, infer_aio, until_recovered
+from tests.conftest import FAST_ENV, descendant_pids, wait_for
 
 StartAgent = Callable[..., AgentProcess]
 MIXED = '["mlserver", "triton"]'
@@ -32,19 +31,8 @@ BUDGET = 150 * MiB
 
 def triton_pids(agent_pid: int) -> list[int]:
     """Pids of tritonserver processes under an agent (not their stubs)."""
-    try:
-        children = psutil.Process(agent_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    pids = []
-    for child in children:
-        try:
-            if child.name() == "tritonserver" or (child.cmdline()[:1] and
-                                                   child.cmdline()[0].endswith("/tritonserver")):
-                pids.append(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return pids
+    return descendant_pids(agent_pid, lambda cmd: cmd[:1] != [] and
+                           cmd[0].endswith("/tritonserver"))
 
 
 def ready_models(client: triton.InferenceServerClient) -> set[str]:
@@ -149,24 +137,10 @@ def test_triton_sigkill_mid_traffic_recovers(mixed: AgentProcess, mesh: MeshClie
     [server] = wait_for(lambda: triton_pids(mixed.pid), what="tritonserver process")
 
     async def traffic() -> tuple[int, int]:
-        ok_after = failed = 0
         async with triton_aio.InferenceServerClient(mixed.address) as c:
             check_sums(await infer_aio(c, "crash-t"))
             os.kill(server, signal.SIGKILL)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 90
-            streak = 0
-            while streak < 10:  # 10 successes in a row: recovered
-                assert loop.time() < deadline, f"no recovery: {failed} failed"
-                try:
-                    check_sums(await infer_aio(c, "crash-t", client_timeout=30))
-                    ok_after += 1
-                    streak += 1
-                except InferenceServerException:
-                    failed += 1
-                    streak = 0
-                    await asyncio.sleep(0.05)  # poll
-        return ok_after, failed
+            return await until_recovered(c, ["crash-t"], 10, timeout_s=90)
 
     ok_after, _failed = asyncio.run(traffic())
     assert ok_after >= 10
