@@ -30,10 +30,11 @@ from __future__ import annotations
 import abc
 import importlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from adapters.pool import PoolLimits
 from agent.errors import Code, RuntimeRequestFailed
 from agent.registry.spec import ModelSpec
 
@@ -56,6 +57,7 @@ class RuntimeOptions:
     channel_connections: int = 4  # request connections to each runtime process
     server_path: Path | None = None  # the runtime's server binary, if not found by itself
     backend_dir: Path | None = None  # Triton: its backends, if not found by itself
+    pool: PoolLimits = field(default_factory=PoolLimits)  # processes, and how full each gets
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,14 @@ class RuntimeProcess(abc.ABC):
     def grpc_channel(self) -> grpc.aio.Channel | None:
         return self._grpc_channel
 
+    async def wait_until_ready(self, timeout_s: float) -> bool:
+        """Wait until it serves (after a start or a restart); False on timeout."""
+        try:
+            await asyncio.wait_for(self._ready_event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return self.ready
+
     def kill(self) -> None:
         """SIGKILL the current child (it is respawned)."""
         self._process.kill()

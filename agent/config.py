@@ -16,6 +16,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters.base import RuntimeOptions
+from adapters.pool import PoolLimits
 
 
 def default_data_dir() -> Path:
@@ -63,6 +64,18 @@ class Settings(BaseSettings):
     )
     runtime_restart_backoff_s: float = Field(0.5, gt=0)
     runtime_channel_connections: int = Field(4, ge=1)
+    runtime_processes_min: int = Field(
+        1, ge=1, description="Runtime processes of each kind kept running, even when empty."
+    )
+    runtime_processes_max: int = Field(
+        1, ge=1, description="Most runtime processes of each kind (MLServer) on this node."
+    )
+    runtime_process_max_models: int = Field(
+        0, ge=0, description="Most models one runtime process holds; 0 = no limit."
+    )
+    runtime_process_max_bytes: int = Field(
+        0, ge=0, description="Most model bytes one runtime process holds; 0 = no limit."
+    )
     load_timeout_s: float = Field(60.0, gt=0, description="One model load, end to end.")
     triton_server_path: Path | None = Field(
         None,
@@ -146,6 +159,13 @@ class Settings(BaseSettings):
             liveness_misses=self.runtime_liveness_misses,
             restart_backoff_s=self.runtime_restart_backoff_s,
             channel_connections=self.runtime_channel_connections,
+            pool=PoolLimits(
+                min_processes=self.runtime_processes_min,
+                max_processes=max(self.runtime_processes_max, self.runtime_processes_min),
+                max_models=self.runtime_process_max_models,
+                max_bytes=self.runtime_process_max_bytes,
+                restart_wait_s=self.runtime_start_timeout_s,
+            ),
             server_path=self.triton_server_path if kind == "triton" else None,
             backend_dir=self.triton_backend_dir if kind == "triton" else None,
         )

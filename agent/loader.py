@@ -18,8 +18,10 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from adapters.base import RuntimeAdapter
+from adapters.pool import PoolFull
 from agent.artifacts import Artifact, ArtifactStore
 from agent.errors import (
     CapacityExhausted,
@@ -142,7 +144,7 @@ class Loader:
         self._reserved_bytes += size
         path = artifact.path if artifact else None
         try:
-            measured = await asyncio.wait_for(adapter.load(spec, path), self._load_timeout_s)
+            measured = await self._load_with_room(adapter, spec, path)
         except TimeoutError:
             self._record_failure(spec.model_id, f"load timed out after {self._load_timeout_s} s")
             raise LoadFailed(
@@ -159,6 +161,22 @@ class Loader:
         model = LoadedModel(spec, adapter, size, artifact=artifact)
         self._inventory.add(model)
         return model
+
+    async def _load_with_room(
+        self, adapter: RuntimeAdapter, spec: ModelSpec, path: Path | None
+    ) -> int | None:
+        """Load; while the runtime's processes are all full, unload that
+        runtime's least recently used idle model and try again."""
+        while True:
+            try:
+                return await asyncio.wait_for(adapter.load(spec, path), self._load_timeout_s)
+            except PoolFull:
+                victim = next(
+                    (m for m in self._inventory.idle_lru() if m.adapter is adapter), None
+                )
+                if victim is None:
+                    raise
+                await self.unload(victim.spec.model_id, reason="evicted")
 
     async def _release(self, artifact: Artifact) -> None:
         if self._artifacts is not None:

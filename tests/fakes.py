@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from adapters.base import ModelsLostListener, RuntimeAdapter, RuntimeOptions, RuntimeProcessInfo
+from adapters.pool import PoolFull
 from agent.errors import Code, LoadFailed, RuntimeRequestFailed
 from agent.registry.spec import ModelSpec
 
@@ -22,6 +23,7 @@ class FakeAdapter(RuntimeAdapter):
         self.load_calls: list[str] = []
         self.artifacts: dict[str, Path | None] = {}  # model id -> the path it loaded from
         self.measured: dict[str, int] = {}  # model id -> the size its load reports
+        self.max_loaded = 0  # > 0: loads beyond this many raise PoolFull, as a full pool
         self.unload_calls: list[str] = []
         self.fail: dict[str, str] = {}
         self.gate: asyncio.Event | None = None
@@ -50,6 +52,8 @@ class FakeAdapter(RuntimeAdapter):
             await self.gate.wait()
         if spec.model_id in self.fail:
             raise LoadFailed(self.fail[spec.model_id])
+        if self.max_loaded and len(self.loaded) >= self.max_loaded:
+            raise PoolFull(f"all processes full ({self.max_loaded} models)")
         self.loaded.add(spec.model_id)
         return self.measured.get(spec.model_id)
 

@@ -1,8 +1,8 @@
-"""The MLServer runtime adapter: models packed into MLServer processes.
+"""The MLServer runtime adapter: models packed into a pool of MLServer processes.
 
-One process for now. The adapter already keeps "which process holds which
-model" (``_placement``) so that a pool of processes only changes where a
-load goes, not how requests find their model.
+Which process gets a model is the pool's decision (adapters/pool.py: best
+fit under per-process limits, a new process when all are full, empty extra
+processes stopped); requests find their model's process through the pool.
 """
 
 from __future__ import annotations
@@ -21,11 +21,21 @@ from adapters.base import (
 )
 from adapters.mlserver import model_settings
 from adapters.mlserver.process import MLServerProcess
+from adapters.pool import ProcessPool
 from adapters.runtime_process import RuntimeProcess
 from agent.errors import MeshletError, RuntimeUnavailable
 from agent.registry.spec import ModelSpec
 
 log = logging.getLogger(__name__)
+
+
+def artifact_size(artifact: Path | None) -> int:
+    """Bytes of the files at ``artifact`` (0 for none)."""
+    if artifact is None:
+        return 0
+    if artifact.is_file():
+        return artifact.stat().st_size
+    return sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file())
 
 # sockaddr_un.sun_path is 108 bytes with its NUL; past that bind() fails.
 MAX_SOCKET_PATH_BYTES = 100
@@ -45,8 +55,7 @@ class MLServerAdapter(RuntimeAdapter):
     def __init__(self, options: RuntimeOptions) -> None:
         self._options = options
         self._repository = options.work_dir / "repository"
-        self._processes: list[MLServerProcess] = []
-        self._placement: dict[str, MLServerProcess] = {}  # model id -> its process
+        self._pool: ProcessPool[MLServerProcess] = ProcessPool(self._new_process, options.pool)
         self._listener: ModelsLostListener | None = None
         self._reason = "not started"
         self._temp_socket_dir: str | None = None
@@ -54,32 +63,26 @@ class MLServerAdapter(RuntimeAdapter):
 
     # --- lifecycle ---------------------------------------------------------
 
+    def _new_process(self, number: int) -> MLServerProcess:
+        name = f"mlserver-{number}"
+        return MLServerProcess(
+            name, self._options, self._repository, self._socket_path(name), self._models_lost
+        )
+
     async def start(self) -> None:
-        if self._processes or self._stopped:
+        if self._pool.processes or self._stopped:
             return
         await asyncio.to_thread(self._prepare_work_dir)
-        process = MLServerProcess(
-            "mlserver-0",
-            self._options,
-            self._repository,
-            self._socket_path("mlserver-0"),
-            self._models_lost,
-        )
-        self._processes.append(process)
         try:
-            await process.start()
+            await self._pool.start()
         except OSError as err:
             self._reason = f"cannot start mlserver: {err}"
-            await process.stop()
-            self._processes.remove(process)
             raise RuntimeUnavailable(self._reason) from err
 
     async def stop(self) -> None:
         self._stopped = True
         self._reason = "stopped"
-        for process in self._processes:
-            await process.stop()
-        self._placement.clear()
+        await self._pool.stop()
         if self._temp_socket_dir is not None:
             shutil.rmtree(self._temp_socket_dir, ignore_errors=True)
             self._temp_socket_dir = None
@@ -100,23 +103,22 @@ class MLServerAdapter(RuntimeAdapter):
 
     @property
     def available(self) -> bool:
-        return not self._stopped and any(p.ready for p in self._processes)
+        return not self._stopped and any(p.ready for p in self._pool.processes)
 
     @property
     def unavailable_reason(self) -> str:
         if self.available:
             return ""
-        if self._stopped or not self._processes:
+        if self._stopped or not self._pool.processes:
             return self._reason
-        return "; ".join(p.last_error for p in self._processes)
+        return "; ".join(p.last_error for p in self._pool.processes)
 
     def set_models_lost_listener(self, listener: ModelsLostListener) -> None:
         self._listener = listener
 
     def _models_lost(self, process: RuntimeProcess, model_ids: list[str]) -> None:
-        for model_id in model_ids:
-            if self._placement.get(model_id) is process:
-                del self._placement[model_id]
+        assert isinstance(process, MLServerProcess)
+        self._pool.forget(process, model_ids)
         log.warning("%s lost %d models", process.name, len(model_ids))
         if self._listener is not None:
             self._listener(self.kind, model_ids)
@@ -124,7 +126,7 @@ class MLServerAdapter(RuntimeAdapter):
     def processes(self) -> list[RuntimeProcessInfo]:
         return [
             RuntimeProcessInfo(self.kind, pid, p.grpc_address, len(p.models))
-            for p in self._processes
+            for p in self._pool.processes
             if (pid := p.pid) is not None
         ]
 
@@ -136,16 +138,14 @@ class MLServerAdapter(RuntimeAdapter):
     def predict_size(self, spec: ModelSpec, artifact_bytes: int) -> int:
         return model_settings.predict_size(spec, artifact_bytes)
 
-    def _process_for(self, spec: ModelSpec) -> MLServerProcess:
-        # The one place a pool will choose among processes.
-        for process in self._processes:
-            if process.ready:
-                return process
-        raise RuntimeUnavailable(f"mlserver is not running: {self.unavailable_reason}")
-
     async def load(self, spec: ModelSpec, artifact: Path | None) -> int | None:
-        process = self._process_for(spec)
-        folder = model_settings.write_model_settings(self._repository, spec, artifact)
+        size = model_settings.predict_size(spec, artifact_size(artifact))
+        process = await self._pool.place(spec.model_id, size)
+        try:
+            folder = model_settings.write_model_settings(self._repository, spec, artifact)
+        except BaseException:
+            await self._give_back(spec.model_id)
+            raise
         try:
             await process.load(spec.model_id)
         except BaseException:
@@ -153,8 +153,7 @@ class MLServerAdapter(RuntimeAdapter):
             # Shielded: this also runs when the caller's own timeout cancels us.
             await asyncio.shield(self._discard(process, spec.model_id, folder))
             raise
-        self._placement[spec.model_id] = process
-        return None  # models share one process: no per-model measurement yet
+        return None  # models share a process: no per-model measurement yet
 
     async def _discard(self, process: MLServerProcess, model_id: str, folder: Path) -> None:
         try:
@@ -162,32 +161,38 @@ class MLServerAdapter(RuntimeAdapter):
         except MeshletError as err:
             log.warning("cleaning up failed load of %r: %s", model_id, err.message)
         shutil.rmtree(folder, ignore_errors=True)
+        await self._give_back(model_id)
+
+    async def _give_back(self, model_id: str) -> None:
+        process = self._pool.release(model_id)
+        if process is not None:
+            await self._pool.shrink(process)
 
     async def unload(self, model_id: str) -> None:
         folder = model_settings.settings_folder(self._repository, model_id)
-        process = self._placement.pop(model_id, None)
+        process = self._pool.process_of(model_id)
         try:
             if process is not None:
                 await process.unload(model_id)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+            await self._give_back(model_id)
 
     async def infer(self, model_id: str, request: bytes) -> bytes:
         # Hot path. A model this adapter does not place still goes to a
         # process, whose answer (NOT_FOUND) names the model.
-        process = self._placement.get(model_id)
-        if process is None:
-            process = self._processes[0] if self._processes else None
+        process = self._pool.process_of(model_id) or self._first()
         channel = process.channel if process is not None else None
         if channel is None:
             raise RuntimeUnavailable(f"mlserver is not running: {self.unavailable_reason}")
         return await channel.infer(request)
 
     async def metadata(self, model_id: str) -> bytes:
-        process = self._placement.get(model_id) or self._process_for_any()
+        process = self._pool.process_of(model_id) or self._first()
+        if process is None:
+            raise RuntimeUnavailable(f"mlserver is not running: {self.unavailable_reason}")
         return await process.metadata(model_id)
 
-    def _process_for_any(self) -> MLServerProcess:
-        if not self._processes:
-            raise RuntimeUnavailable(f"mlserver is not running: {self.unavailable_reason}")
-        return self._processes[0]
+    def _first(self) -> MLServerProcess | None:
+        processes = self._pool.processes
+        return processes[0] if processes else None

@@ -170,3 +170,32 @@ def test_sigterm_stops_in_order_and_leaves_no_runtime(start_agent: StartAgent) -
         except grpc.FutureTimeoutError:
             reachable = False
     assert not reachable
+
+
+def test_models_pack_into_a_pool_of_runtime_processes(start_agent: StartAgent) -> None:
+    agent = start_agent(
+        "--demo", "8",
+        MESHLET_RUNTIME_PROCESSES_MIN="1", MESHLET_RUNTIME_PROCESSES_MAX="3",
+        MESHLET_RUNTIME_PROCESS_MAX_MODELS="2",
+    )  # fmt: skip
+    assert len(runtime_pids(agent.pid)) == 1
+    with triton.InferenceServerClient(agent.address) as client:
+        for i in range(6):
+            check_sums(infer(client, f"simple-string-{i}"))
+        pids = wait_for(lambda: (p := runtime_pids(agent.pid)) and len(p) == 3 and p,
+                        what="three runtime processes")
+        check_sums(infer(client, "simple-string-6"))  # all full: the LRU goes
+        assert "simple-string-0" not in ready_models(client)
+        assert len(ready_models(client)) == 6
+
+        os.kill(pids[-1], signal.SIGKILL)  # its two models reload on their next request
+        wait_for(lambda: len(ready_models(client)) == 4, what="the lost models forgotten")
+        for i in range(1, 7):
+            check_sums(infer(client, f"simple-string-{i}"))
+        assert len(ready_models(client)) == 6
+
+        for i in range(1, 7):
+            client.unload_model(f"simple-string-{i}")
+        wait_for(lambda: len(runtime_pids(agent.pid)) == 1,
+                 what="empty processes above the minimum stopped")
+        check_sums(infer(client, "simple-string-7"))

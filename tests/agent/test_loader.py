@@ -120,6 +120,17 @@ async def test_measured_size_replaces_the_prediction(node: Node) -> None:
     assert node.inventory.used_bytes == 200
 
 
+async def test_full_processes_evict_the_least_recently_used(node: Node) -> None:
+    await node.add("a", "b", "c")
+    node.adapter.max_loaded = 2  # the budget (300) has room; the processes do not
+    await node.infer("a")
+    await node.infer("b")
+    await node.infer("a")  # b is now the least recently used
+    await node.infer("c")
+    assert node.adapter.unload_calls == ["b"]
+    assert node.adapter.loaded == {"a", "c"}
+
+
 async def test_model_bigger_than_budget(node: Node) -> None:
     await node.add("huge", size=301)
     with pytest.raises(ModelTooLarge, match="whole memory budget"):
