@@ -1,10 +1,12 @@
 """Builds one agent from its settings and runs it; the only place parts meet.
 
-Start order: registry -> runtimes -> node cache -> loader/router/services -> gRPC and HTTP
+Start order: registry -> runtimes -> node cache -> resource monitor (its first
+sample sizes the default memory budget) -> loader/router/services -> gRPC and HTTP
 listeners -> demo registrations -> resumed vmodel transitions.
 Stop order (each step bounded): not ready -> stop accepting and drain in-flight
 requests (``shutdown_grace_s``) -> background work -> runtimes (SIGTERM,
-grace, SIGKILL) -> HTTP -> registry -> node cache. ``stop`` is safe to call twice.
+grace, SIGKILL) -> resource monitor -> HTTP -> registry -> node cache.
+``stop`` is safe to call twice.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from agent.metrics import Metrics
 from agent.models import ModelService
 from agent.proto import POOL, meshlet_pb2_grpc, model_mesh_pb2_grpc
 from agent.registry.store import ModelRegistry
+from agent.resources.monitor import ResourceMonitor
 from agent.router import Router
 from agent.storage.config import StorageConfig
 from agent.storage.http import HttpOptions
@@ -89,6 +92,7 @@ class Agent:
         self.loader: Loader | None = None
         self.cache: NodeCache | None = None
         self.artifacts: ArtifactStore | None = None
+        self.monitor: ResourceMonitor | None = None
         self.grpc_port = 0
         self.metrics_port = 0
         self._ready = False
@@ -125,7 +129,13 @@ class Agent:
                 log.error("runtime %s did not start: %s", kind, result)
 
         self.artifacts = await asyncio.to_thread(self._open_artifacts)
-        budget = s.resolved_memory_budget()
+        self.monitor = ResourceMonitor(
+            self._runtime_pids, interval_s=s.resource_sample_interval_s,
+            cgroup_dir=s.cgroup_dir, on_sample=self.metrics.observe_resources,
+        )
+        await self.monitor.start()
+        assert self.monitor.latest is not None
+        budget = s.resolved_memory_budget(self.monitor.latest.memory_available_bytes)
         self.loader = Loader(
             self.inventory, self.adapters, budget, s.load_timeout_s, self.metrics, self.artifacts
         )
@@ -161,6 +171,9 @@ class Agent:
             ", ".join(f"{k}={'up' if a.available else 'unavailable'}"
                       for k, a in self.adapters.items()),
         )
+
+    def _runtime_pids(self) -> list[int]:
+        return [p.pid for a in self.adapters.values() for p in a.processes()]
 
     def _open_artifacts(self) -> ArtifactStore:
         s = self.settings
@@ -253,6 +266,8 @@ class Agent:
         if self._models is not None:
             await self._models.stop()
         await asyncio.gather(*(a.stop() for a in self.adapters.values()), return_exceptions=True)
+        if self.monitor is not None:
+            await self.monitor.stop()
         if self._http is not None:
             await self._http.stop()
         if self.registry is not None:

@@ -51,6 +51,16 @@ class Settings(BaseSettings):
         0.5, gt=0, le=1, description="Share of available memory used when no byte budget."
     )
 
+    # --- resource monitor --------------------------------------------------
+    resource_sample_interval_s: float = Field(
+        5.0, gt=0, description="How often node, container, process and GPU usage is sampled."
+    )
+    cgroup_dir: Path | None = Field(
+        None,
+        description="cgroup v2 directory whose limits apply; default: this process's own "
+        "(and its parents').",
+    )
+
     # --- runtimes ----------------------------------------------------------
     runtimes: list[str] = Field(["mlserver"], description="Runtime kinds this node runs.")
     runtime_start_timeout_s: float = Field(90.0, gt=0)
@@ -170,8 +180,12 @@ class Settings(BaseSettings):
             backend_dir=self.triton_backend_dir if kind == "triton" else None,
         )
 
-    def resolved_memory_budget(self) -> int:
-        """The byte budget: the explicit one, or a fraction of available memory now."""
+    def resolved_memory_budget(self, available_bytes: int | None = None) -> int:
+        """The byte budget: the explicit one, or a fraction of the memory
+        available now (``available_bytes``: the resource monitor's figure, which
+        honours the container's cgroup limit; else the node's)."""
         if self.memory_budget_bytes:
             return self.memory_budget_bytes
-        return int(psutil.virtual_memory().available * self.memory_budget_fraction)
+        if available_bytes is None:
+            available_bytes = psutil.virtual_memory().available
+        return int(available_bytes * self.memory_budget_fraction)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from agent.resources.monitor import NodeResources
+
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -73,6 +75,25 @@ class Metrics:
         self.cache_quota = Gauge(
             "meshlet_cache_quota_bytes", "Node cache quota", registry=registry
         )
+        self.node_memory_limit = Gauge(
+            "meshlet_node_memory_limit_bytes",
+            "Memory this agent's node or container may use (the lower of RAM and cgroup)",
+            registry=registry,
+        )
+        self.node_memory_available = Gauge(
+            "meshlet_node_memory_available_bytes", "Memory available now (node or cgroup)",
+            registry=registry,
+        )
+        self.node_cpu_limit = Gauge(
+            "meshlet_node_cpu_limit_cores", "CPU cores this agent may use", registry=registry
+        )
+        self.runtime_rss = Gauge(
+            "meshlet_runtime_rss_bytes", "RSS of all runtime processes and their children",
+            registry=registry,
+        )
+        self.gpu_free = Gauge(
+            "meshlet_gpu_free_bytes", "Free memory per GPU (NVML)", ["gpu"], registry=registry
+        )
         self.ok = self.requests.labels(code="OK")  # pre-bound: the hot path's counter
 
     def bind(
@@ -82,6 +103,15 @@ class Metrics:
         self.models_loaded.set_function(loaded)
         self.memory_used.set_function(used)
         self.memory_budget.set_function(budget)
+
+    def observe_resources(self, resources: NodeResources) -> None:
+        """Set the node gauges from one resource-monitor sample."""
+        self.node_memory_limit.set(resources.memory_limit_bytes)
+        self.node_memory_available.set(resources.memory_available_bytes)
+        self.node_cpu_limit.set(resources.cpu_limit_cores)
+        self.runtime_rss.set(sum(p.rss_bytes for p in resources.processes.values()))
+        for gpu in resources.gpus:
+            self.gpu_free.labels(gpu=str(gpu.index)).set(gpu.free_bytes)
 
     def bind_cache(self, used: Callable[[], float], quota: Callable[[], float]) -> None:
         self.cache_used.set_function(used)

@@ -105,11 +105,15 @@ class ResourceMonitor:
         interval_s: float = DEFAULT_INTERVAL_S,
         gpu_probe: GpuProbe | None = None,
         cgroup_dir: Path | None = None,
+        on_sample: Callable[[NodeResources], None] | None = None,
     ) -> None:
+        """``on_sample`` is called on the event loop after each sample the
+        loop takes (metrics, budget updates)."""
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
         self.interval_s = interval_s
         self._pids = pids
+        self._on_sample = on_sample
         self._gpu = gpu_probe if gpu_probe is not None else open_gpu_probe()
         if cgroup_dir is None:
             self._cgroup = CgroupReader(own_cgroup_dir(), root=CGROUP_ROOT)
@@ -186,6 +190,8 @@ class ResourceMonitor:
             if self._failing:
                 log.info("resource sampling works again")
             self._failing = False
+            if self._on_sample is not None and self._latest is not None:
+                self._on_sample(self._latest)
 
     # --- one sample ------------------------------------------------------------
 

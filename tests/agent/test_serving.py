@@ -105,6 +105,12 @@ def test_metrics_endpoint(shared_agent: AgentProcess, client: triton.InferenceSe
         body = resp.read().decode()
     assert 'meshlet_infer_requests_total{code="OK"}' in body
     assert "meshlet_models_loaded" in body
+    samples = {line.split()[0]: float(line.split()[1]) for line in body.splitlines()
+               if line.startswith("meshlet_node_") or line.startswith("meshlet_runtime_rss")}
+    assert samples["meshlet_node_memory_limit_bytes"] > samples[
+        "meshlet_node_memory_available_bytes"] > 0
+    assert samples["meshlet_node_cpu_limit_cores"] >= 1
+    assert samples["meshlet_runtime_rss_bytes"] > 10 * 2**20  # an MLServer process is there
     with urllib.request.urlopen(f"{base}/readyz", timeout=10) as resp:
         assert resp.status == 200
         assert resp.read().decode() == "ready\nmlserver: up\n"
