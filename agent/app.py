@@ -31,6 +31,8 @@ from agent.api.cache import CacheService
 from agent.api.inference import SERVICE as INFERENCE_SERVICE
 from agent.api.inference import InferenceService
 from agent.api.mmesh import ModelMeshService
+from agent.api.node import SERVICE as NODE_SERVICE
+from agent.api.node import NodeService
 from agent.artifacts import ArtifactStore
 from agent.cache.node import NodeCache
 from agent.config import Settings
@@ -236,10 +238,17 @@ class Agent:
             ModelMeshService(self._models, self._vmodels, self.node_name), server
         )
         meshlet_pb2_grpc.add_CacheServicer_to_server(CacheService(self._models), server)
+        assert self.loader is not None and self.monitor is not None
+        loader = self.loader
+        meshlet_pb2_grpc.add_NodeServicer_to_server(
+            NodeService(self.node_name, self.inventory, self.adapters,
+                        lambda: loader.budget_bytes, self.monitor, self.runtime_states),
+            server,
+        )
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, MMESH_SERVICE, CACHE_SERVICE, HEALTH_SERVICE,
+            (INFERENCE_SERVICE, MMESH_SERVICE, CACHE_SERVICE, NODE_SERVICE, HEALTH_SERVICE,
              reflection.SERVICE_NAME),
             server,
             pool=_reflection_pool(),

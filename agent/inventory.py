@@ -7,6 +7,7 @@ OrderedDict keeps LRU order (``touch`` moves a model to the recent end).
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -63,6 +64,10 @@ class Inventory:
     def idle_lru(self) -> Iterator[LoadedModel]:
         """Loaded models with no request in flight, least recently used first."""
         return (m for m in self._models.values() if m.in_flight == 0)
+
+    def largest(self, n: int) -> list[LoadedModel]:
+        """The ``n`` loaded models taking the most bytes, largest first."""
+        return heapq.nlargest(n, self._models.values(), key=lambda m: m.size_bytes)
 
     def ids(self) -> list[str]:
         return list(self._models)

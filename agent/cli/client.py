@@ -49,6 +49,7 @@ class Client:
         self.mmesh = model_mesh_pb2_grpc.ModelMeshStub(self.channel)
         self.inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.cache = meshlet_pb2_grpc.CacheStub(self.channel)
+        self.node = meshlet_pb2_grpc.NodeStub(self.channel)
 
     async def __aenter__(self) -> Client:
         return self

@@ -101,3 +101,79 @@ class Cache:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class NodeStub:
+    """What the node agent answering holds and has.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Status = channel.unary_unary(
+                '/meshlet.v1.Node/Status',
+                request_serializer=meshlet__pb2.NodeStatusRequest.SerializeToString,
+                response_deserializer=meshlet__pb2.NodeStatusResponse.FromString,
+                _registered_method=True)
+
+
+class NodeServicer:
+    """What the node agent answering holds and has.
+    """
+
+    def Status(self, request, context):
+        """Budget, usage, runtime processes, GPUs and the largest loaded models.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_NodeServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=meshlet__pb2.NodeStatusRequest.FromString,
+                    response_serializer=meshlet__pb2.NodeStatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'meshlet.v1.Node', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('meshlet.v1.Node', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Node:
+    """What the node agent answering holds and has.
+    """
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshlet.v1.Node/Status',
+            meshlet__pb2.NodeStatusRequest.SerializeToString,
+            meshlet__pb2.NodeStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

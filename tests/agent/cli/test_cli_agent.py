@@ -191,3 +191,18 @@ def test_help_runs_as_a_module() -> None:
     result = meshlet("--help")
     assert result.returncode == 0
     assert "model" in result.stdout and "infer" in result.stdout
+
+
+def test_node_shows_budget_processes_and_largest_models(agent: AgentProcess,
+                                                        address: str) -> None:
+    for model_id in ("simple-string-11", "simple-string-12"):
+        assert meshlet("model", "load", model_id, "--address", address).returncode == 0
+    result = meshlet("node", "--top", "1", "--address", address)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"^budget: +[\d.]+ \w+; used [\d.]+ KiB by \d+ models", out, re.M), out
+    assert "runtime:  mlserver: up" in out
+    assert re.search(r"^mlserver +\d+ +\d+ +[\d.]+ MiB", out, re.M), out
+    assert "GPUs: none" in out  # no NVML on this machine
+    model_rows = out.split("IN FLIGHT\n", 1)[1].strip().splitlines()
+    assert len(model_rows) == 1 and model_rows[0].startswith("simple-string-")

@@ -1,0 +1,73 @@
+"""meshlet's own ``meshlet.v1.Node`` service: what this node holds and has
+(``meshlet node`` prints it)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from adapters.base import RuntimeAdapter
+from agent.api.status import Context, grpc_errors
+from agent.inventory import Inventory
+from agent.proto import meshlet_pb2 as pb
+from agent.proto import meshlet_pb2_grpc as pb_grpc
+from agent.resources.monitor import ResourceMonitor
+
+SERVICE = "meshlet.v1.Node"
+DEFAULT_TOP_MODELS = 10
+
+
+class NodeService(pb_grpc.NodeServicer):
+    def __init__(
+        self,
+        node_name: str,
+        inventory: Inventory,
+        adapters: dict[str, RuntimeAdapter],
+        budget: Callable[[], int],
+        monitor: ResourceMonitor,
+        runtime_states: Callable[[], dict[str, str]],
+    ) -> None:
+        self._node = node_name
+        self._inventory = inventory
+        self._adapters = adapters
+        self._budget = budget
+        self._monitor = monitor
+        self._runtime_states = runtime_states
+
+    @grpc_errors
+    async def Status(self, request: pb.NodeStatusRequest, context: Context) -> Any:
+        resources = await asyncio.to_thread(self._monitor.sample)  # fresh: ~2 ms
+        response = pb.NodeStatusResponse(
+            node=self._node,
+            budget_bytes=self._budget(),
+            used_bytes=self._inventory.used_bytes,
+            models_loaded=len(self._inventory),
+            memory_limit_bytes=resources.memory_limit_bytes,
+            memory_available_bytes=resources.memory_available_bytes,
+            cpu_limit_cores=resources.cpu_limit_cores,
+            runtimes=self._runtime_states(),
+        )
+        meshlet_gpu: dict[int, int] = {}
+        for adapter in self._adapters.values():
+            for info in adapter.processes():
+                usage = resources.processes.get(info.pid)
+                response.processes.add(
+                    runtime=info.kind, pid=info.pid, models=info.models,
+                    rss_bytes=usage.rss_bytes if usage else 0,
+                    gpu_bytes=usage.gpu_total_bytes if usage else 0,
+                )
+                for index, used in (usage.gpu_bytes.items() if usage else ()):
+                    meshlet_gpu[index] = meshlet_gpu.get(index, 0) + used
+        for gpu in resources.gpus:
+            response.gpus.add(
+                index=gpu.index, name=gpu.name, total_bytes=gpu.total_bytes,
+                used_bytes=gpu.used_bytes, free_bytes=gpu.free_bytes,
+                meshlet_bytes=meshlet_gpu.get(gpu.index, 0),
+            )
+        for model in self._inventory.largest(request.top_models or DEFAULT_TOP_MODELS):
+            response.top_models.add(
+                model_id=model.spec.model_id, runtime=model.spec.runtime,
+                size_bytes=model.size_bytes, in_flight=model.in_flight,
+            )
+        return response
