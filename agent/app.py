@@ -139,7 +139,8 @@ class Agent:
         assert self.monitor.latest is not None
         budget = s.resolved_memory_budget(self.monitor.latest.memory_available_bytes)
         self.loader = Loader(
-            self.inventory, self.adapters, budget, s.load_timeout_s, self.metrics, self.artifacts
+            self.inventory, self.adapters, budget, s.load_timeout_s, self.metrics, self.artifacts,
+            sizes=self.registry,
         )
         self._models = ModelService(
             self.registry, self.inventory, self.loader, self.adapters, self.artifacts
@@ -242,7 +243,8 @@ class Agent:
         loader = self.loader
         meshlet_pb2_grpc.add_NodeServicer_to_server(
             NodeService(self.node_name, self.inventory, self.adapters,
-                        lambda: loader.budget_bytes, self.monitor, self.runtime_states),
+                        lambda: loader.budget_bytes, self.monitor, self.runtime_states,
+                        self.registry),
             server,
         )
         self._health = HealthServicer()
@@ -279,6 +281,8 @@ class Agent:
             await self.monitor.stop()
         if self._http is not None:
             await self._http.stop()
+        if self.loader is not None:
+            self.loader.flush_sizes()
         if self.registry is not None:
             self.registry.close()
         if self.cache is not None:

@@ -26,6 +26,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     in_flight: int = 0
     artifact: Artifact | None = None  # its files, held while it is loaded
+    predicted_bytes: int = 0  # what the runtime predicted before its load
 
 
 class Inventory:

@@ -6,7 +6,10 @@ gives up does not cancel it for the others). A load first fetches the model's
 artifact through the node cache (``agent.artifacts``; builtin models have
 none), so its predicted size can use the artifact's real size; then least
 recently used models with no request in flight are unloaded until that size
-fits the memory budget. The artifact is held while the model is loaded and
+fits the memory budget. The size is the one last measured for this model on
+this runtime (kept in the registry), else the runtime's prediction; a runtime
+that measures a load replaces it, and the measurement is written back in
+batches. The artifact is held while the model is loaded and
 released when it is unloaded or its runtime dies. A failed load is remembered
 (for status) but not cached: the next request tries again.
 """
@@ -19,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 from adapters.base import RuntimeAdapter
 from adapters.pool import PoolFull
@@ -37,6 +41,17 @@ from agent.registry.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 
+SIZE_FLUSH_DELAY_S = 1.0  # measured sizes reach the registry in batches this often
+
+
+class SizeStore(Protocol):
+    """Where measured sizes are kept between loads (the registry)."""
+
+    def measured_size(self, model_id: str, runtime: str) -> int | None: ...
+
+    def put_sizes(self, sizes: Iterable[tuple[str, str, int]]) -> None: ...
+
+
 class Loader:
     def __init__(
         self,
@@ -46,11 +61,15 @@ class Loader:
         load_timeout_s: float,
         metrics: Metrics,
         artifacts: ArtifactStore | None = None,
+        sizes: SizeStore | None = None,
     ) -> None:
         """``artifacts`` None: nothing is fetched and runtimes get no files
         (unit tests with fake runtimes)."""
         self._inventory = inventory
         self._artifacts = artifacts
+        self._sizes = sizes
+        self._pending_sizes: dict[str, tuple[str, int]] = {}
+        self._flush_handle: asyncio.TimerHandle | None = None
         self._adapters = adapters
         self.budget_bytes = budget_bytes
         self._load_timeout_s = load_timeout_s
@@ -134,7 +153,9 @@ class Loader:
     async def _load_into(
         self, spec: ModelSpec, adapter: RuntimeAdapter, artifact: Artifact | None
     ) -> LoadedModel:
-        size = adapter.predict_size(spec, artifact.size_bytes if artifact else 0)
+        predicted = adapter.predict_size(spec, artifact.size_bytes if artifact else 0)
+        known = self._sizes.measured_size(spec.model_id, spec.runtime) if self._sizes else None
+        size = known or predicted
         if size > self.budget_bytes:
             raise ModelTooLarge(
                 f"model {spec.model_id!r} needs {size} bytes, more than the whole "
@@ -157,10 +178,35 @@ class Loader:
             self._reserved_bytes -= size
         self.failures.pop(spec.model_id, None)
         if measured is not None:
+            self._metrics.size_error.observe(measured / predicted)
+            if measured != known:
+                self._remember_size(spec, measured)
             size = measured
-        model = LoadedModel(spec, adapter, size, artifact=artifact)
+        model = LoadedModel(spec, adapter, size, artifact=artifact, predicted_bytes=predicted)
         self._inventory.add(model)
         return model
+
+    def _remember_size(self, spec: ModelSpec, measured: int) -> None:
+        """Queue a measured size for the registry; written in batches."""
+        if self._sizes is None:
+            return
+        self._pending_sizes[spec.model_id] = (spec.runtime, measured)
+        if self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(SIZE_FLUSH_DELAY_S, self.flush_sizes)
+
+    def flush_sizes(self) -> None:
+        """Write the measured sizes not yet in the registry (also at stop)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._flush_handle = None
+        pending, self._pending_sizes = self._pending_sizes, {}
+        if pending and self._sizes is not None:
+            rows = [(model_id, runtime, size) for model_id, (runtime, size) in pending.items()]
+            try:
+                self._sizes.put_sizes(rows)  # one short SQLite transaction
+            except Exception:
+                log.exception("could not record %d measured sizes", len(rows))
 
     async def _load_with_room(
         self, adapter: RuntimeAdapter, spec: ModelSpec, path: Path | None

@@ -28,6 +28,12 @@ class Metrics:
             "meshlet_model_load_seconds", "Time to load one model", registry=registry,
             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
+        self.size_error = Histogram(
+            "meshlet_model_size_measured_over_predicted",
+            "Measured model size divided by the size predicted before its load",
+            registry=registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 1.25, 2, 4, 10, 100),
+        )
         self.evictions = Counter(
             "meshlet_model_evictions", "Models unloaded to make room", registry=registry
         )

@@ -23,6 +23,7 @@ from adapters.mlserver import model_settings
 from adapters.mlserver.process import MLServerProcess
 from adapters.pool import ProcessPool
 from adapters.runtime_process import RuntimeProcess
+from adapters.sizing import LoadSizer
 from agent.errors import MeshletError, RuntimeUnavailable
 from agent.registry.spec import ModelSpec
 
@@ -56,6 +57,7 @@ class MLServerAdapter(RuntimeAdapter):
         self._options = options
         self._repository = options.work_dir / "repository"
         self._pool: ProcessPool[MLServerProcess] = ProcessPool(self._new_process, options.pool)
+        self._sizers: dict[str, LoadSizer] = {}  # process name -> its load sizing
         self._listener: ModelsLostListener | None = None
         self._reason = "not started"
         self._temp_socket_dir: str | None = None
@@ -119,6 +121,9 @@ class MLServerAdapter(RuntimeAdapter):
     def _models_lost(self, process: RuntimeProcess, model_ids: list[str]) -> None:
         assert isinstance(process, MLServerProcess)
         self._pool.forget(process, model_ids)
+        sizer = self._sizers.get(process.name)
+        if sizer is not None:
+            sizer.reset()
         log.warning("%s lost %d models", process.name, len(model_ids))
         if self._listener is not None:
             self._listener(self.kind, model_ids)
@@ -146,14 +151,20 @@ class MLServerAdapter(RuntimeAdapter):
         except BaseException:
             await self._give_back(spec.model_id)
             raise
+        sizer = self._sizers.setdefault(process.name, LoadSizer())
+        token = sizer.begin(process.pid)
+        ok = False
         try:
             await process.load(spec.model_id)
+            ok = True
         except BaseException:
             # MLServer may hold a half-loaded copy; drop it and its settings.
             # Shielded: this also runs when the caller's own timeout cancels us.
             await asyncio.shield(self._discard(process, spec.model_id, folder))
             raise
-        return None  # models share a process: no per-model measurement yet
+        finally:
+            measured = sizer.end(process.pid, token, ok, size)
+        return measured
 
     async def _discard(self, process: MLServerProcess, model_id: str, folder: Path) -> None:
         try:

@@ -9,9 +9,11 @@ from typing import Any
 
 from adapters.base import RuntimeAdapter
 from agent.api.status import Context, grpc_errors
+from agent.errors import ModelNotFound
 from agent.inventory import Inventory
 from agent.proto import meshlet_pb2 as pb
 from agent.proto import meshlet_pb2_grpc as pb_grpc
+from agent.registry.store import ModelRegistry
 from agent.resources.monitor import ResourceMonitor
 
 SERVICE = "meshlet.v1.Node"
@@ -27,7 +29,9 @@ class NodeService(pb_grpc.NodeServicer):
         budget: Callable[[], int],
         monitor: ResourceMonitor,
         runtime_states: Callable[[], dict[str, str]],
+        registry: ModelRegistry,
     ) -> None:
+        self._registry = registry
         self._node = node_name
         self._inventory = inventory
         self._adapters = adapters
@@ -70,4 +74,20 @@ class NodeService(pb_grpc.NodeServicer):
                 model_id=model.spec.model_id, runtime=model.spec.runtime,
                 size_bytes=model.size_bytes, in_flight=model.in_flight,
             )
+        return response
+
+    @grpc_errors
+    async def ModelSize(self, request: pb.ModelSizeRequest, context: Context) -> Any:
+        spec = self._registry.get(request.model_id)
+        if spec is None:
+            raise ModelNotFound(request.model_id)
+        response = pb.ModelSizeResponse(
+            runtime=spec.runtime,
+            measured_bytes=self._registry.measured_size(spec.model_id, spec.runtime) or 0,
+        )
+        loaded = self._inventory.get(spec.model_id)
+        if loaded is not None:
+            response.loaded = True
+            response.size_bytes = loaded.size_bytes
+            response.predicted_bytes = loaded.predicted_bytes
         return response

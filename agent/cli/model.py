@@ -15,7 +15,7 @@ from agent.cli.args import SIZE_HELP, add_command, add_group, size_type
 from agent.cli.client import Client, add_address_argument
 from agent.cli.errors import CliError, UsageError
 from agent.cli.progress import Progress
-from agent.cli.render import model_status_lines, vmodel_status_lines, write_index
+from agent.cli.render import human_bytes, model_status_lines, vmodel_status_lines, write_index
 from agent.cli.specs import FieldError, checked_spec, load_model_file, model_info, parse_label
 from agent.proto import grpc_service_pb2 as pb
 from agent.proto import meshlet_pb2 as meshlet_pb
@@ -300,15 +300,43 @@ async def show_status(args: argparse.Namespace) -> int:
     async with Client(args.address) as client:
         info = await client.mmesh.getModelStatus(mm.GetStatusRequest(modelId=args.id))
         vinfo = await client.mmesh.getVModelStatus(mm.GetVModelStatusRequest(vModelId=args.id))
-    is_model = info.status != mm.ModelStatusInfo.NOT_FOUND
+        is_model = info.status != mm.ModelStatusInfo.NOT_FOUND
+        size = await _model_size(client, args.id) if is_model else None
     is_vmodel = vinfo.status != mm.VModelStatusInfo.NOT_FOUND
     if not (is_model or is_vmodel):
         raise CliError(f"NOT_FOUND: {args.id!r} is neither a registered model nor a vmodel")
     lines = model_status_lines(args.id, info) if is_model else []
+    if size is not None:
+        lines.append(size_line(size))
     if is_vmodel:
         lines += vmodel_status_lines(args.id, vinfo)
     print("\n".join(lines))
     return 0
+
+
+async def _model_size(client: Client, model_id: str) -> meshlet_pb.ModelSizeResponse | None:
+    try:
+        response: meshlet_pb.ModelSizeResponse = await client.node.ModelSize(
+            meshlet_pb.ModelSizeRequest(model_id=model_id)
+        )
+    except grpc.aio.AioRpcError as err:
+        if err.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND):
+            return None  # an older agent, or unregistered meanwhile
+        raise
+    return response
+
+
+def size_line(size: meshlet_pb.ModelSizeResponse) -> str:
+    """``size:    3.2 KiB measured (predicted 16.0 KiB, 0.20x)`` and the like."""
+    if size.loaded:
+        text = f"size:    {human_bytes(size.size_bytes)}"
+        if size.predicted_bytes:
+            ratio = size.size_bytes / size.predicted_bytes
+            text += f" (predicted {human_bytes(size.predicted_bytes)}, {ratio:.2f}x)"
+        return text
+    if size.measured_bytes:
+        return f"size:    {human_bytes(size.measured_bytes)} when last measured (not loaded)"
+    return "size:    not measured yet"
 
 
 async def load_model(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.cli.args import add_command
 from agent.cli.client import Client, add_address_argument
+from agent.cli.render import human_bytes
 from agent.proto import meshlet_pb2 as pb
 
 DEFAULT_TOP = 10
@@ -30,41 +31,34 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=show_node)
 
 
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
 def render(status: pb.NodeStatusResponse) -> list[str]:
     free = max(status.budget_bytes - status.used_bytes, 0)
     lines = [
         f"node:     {status.node}",
-        f"budget:   {_size(status.budget_bytes)}; used {_size(status.used_bytes)} by "
-        f"{status.models_loaded} models; free {_size(free)}",
-        f"memory:   limit {_size(status.memory_limit_bytes)}, available "
-        f"{_size(status.memory_available_bytes)}; CPU limit {status.cpu_limit_cores:g} cores",
+        f"budget:   {human_bytes(status.budget_bytes)}; used {human_bytes(status.used_bytes)} by "
+        f"{status.models_loaded} models; free {human_bytes(free)}",
+        f"memory:   limit {human_bytes(status.memory_limit_bytes)}, available "
+        f"{human_bytes(status.memory_available_bytes)}; CPU limit {status.cpu_limit_cores:g} cores",
     ]
     for kind, reason in sorted(status.runtimes.items()):
         lines.append(f"runtime:  {kind}: {'up' if not reason else 'unavailable: ' + reason}")
     lines += ["", f"{'RUNTIME':<10} {'PID':>8} {'MODELS':>7} {'RSS':>11} {'GPU':>11}"]
     for p in status.processes:
-        lines.append(f"{p.runtime:<10} {p.pid:>8} {p.models:>7} {_size(p.rss_bytes):>11} "
-                     f"{_size(p.gpu_bytes) if p.gpu_bytes else '-':>11}")
+        lines.append(f"{p.runtime:<10} {p.pid:>8} {p.models:>7} {human_bytes(p.rss_bytes):>11} "
+                     f"{human_bytes(p.gpu_bytes) if p.gpu_bytes else '-':>11}")
     lines.append("")
     if status.gpus:
         lines.append(f"{'GPU':<4} {'NAME':<24} {'TOTAL':>11} {'USED':>11} {'FREE':>11} "
                      f"{'MESHLET':>11}")
         for g in status.gpus:
-            lines.append(f"{g.index:<4} {g.name[:24]:<24} {_size(g.total_bytes):>11} "
-                         f"{_size(g.used_bytes):>11} {_size(g.free_bytes):>11} "
-                         f"{_size(g.meshlet_bytes):>11}")
+            lines.append(f"{g.index:<4} {g.name[:24]:<24} {human_bytes(g.total_bytes):>11} "
+                         f"{human_bytes(g.used_bytes):>11} {human_bytes(g.free_bytes):>11} "
+                         f"{human_bytes(g.meshlet_bytes):>11}")
     else:
         lines.append("GPUs: none (no NVML on this node)")
     lines += ["", f"{'MODEL':<40} {'RUNTIME':<10} {'SIZE':>11} {'IN FLIGHT':>9}"]
     for m in status.top_models:
-        lines.append(f"{m.model_id[:40]:<40} {m.runtime:<10} {_size(m.size_bytes):>11} "
+        lines.append(f"{m.model_id[:40]:<40} {m.runtime:<10} {human_bytes(m.size_bytes):>11} "
                      f"{m.in_flight:>9}")
     if not status.top_models:
         lines.append("(no model loaded)")

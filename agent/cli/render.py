@@ -90,3 +90,11 @@ def _write_batched(lines: Iterable[str], out: TextIO) -> None:
             batch.clear()
     if batch:
         out.write("\n".join(batch) + "\n")
+
+
+def human_bytes(n: int) -> str:
+    """``3.2 KiB``, ``1.5 GiB``: binary units, one decimal."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

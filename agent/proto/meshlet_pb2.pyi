@@ -24,6 +24,26 @@ class PrefetchResponse(_message.Message):
     already_cached: bool
     def __init__(self, digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., compressed_bytes: _Optional[int] = ..., already_cached: _Optional[bool] = ...) -> None: ...
 
+class ModelSizeRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class ModelSizeResponse(_message.Message):
+    __slots__ = ("loaded", "size_bytes", "predicted_bytes", "measured_bytes", "runtime")
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    loaded: bool
+    size_bytes: int
+    predicted_bytes: int
+    measured_bytes: int
+    runtime: str
+    def __init__(self, loaded: _Optional[bool] = ..., size_bytes: _Optional[int] = ..., predicted_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., runtime: _Optional[str] = ...) -> None: ...
+
 class NodeStatusRequest(_message.Message):
     __slots__ = ("top_models",)
     TOP_MODELS_FIELD_NUMBER: _ClassVar[int]

@@ -118,6 +118,11 @@ class NodeStub:
                 request_serializer=meshlet__pb2.NodeStatusRequest.SerializeToString,
                 response_deserializer=meshlet__pb2.NodeStatusResponse.FromString,
                 _registered_method=True)
+        self.ModelSize = channel.unary_unary(
+                '/meshlet.v1.Node/ModelSize',
+                request_serializer=meshlet__pb2.ModelSizeRequest.SerializeToString,
+                response_deserializer=meshlet__pb2.ModelSizeResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -131,6 +136,13 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelSize(self, request, context):
+        """One model's memory: as loaded here, as predicted, as last measured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +150,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=meshlet__pb2.NodeStatusRequest.FromString,
                     response_serializer=meshlet__pb2.NodeStatusResponse.SerializeToString,
+            ),
+            'ModelSize': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelSize,
+                    request_deserializer=meshlet__pb2.ModelSizeRequest.FromString,
+                    response_serializer=meshlet__pb2.ModelSizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -168,6 +185,33 @@ class Node:
             '/meshlet.v1.Node/Status',
             meshlet__pb2.NodeStatusRequest.SerializeToString,
             meshlet__pb2.NodeStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelSize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshlet.v1.Node/ModelSize',
+            meshlet__pb2.ModelSizeRequest.SerializeToString,
+            meshlet__pb2.ModelSizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

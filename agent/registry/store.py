@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS vmodels (
     target      TEXT NOT NULL,
     owner       TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sizes (
+    id          TEXT PRIMARY KEY,
+    runtime     TEXT NOT NULL,
+    bytes       INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS vmodels_active ON vmodels(active);
 CREATE INDEX IF NOT EXISTS vmodels_target ON vmodels(target);
 """
@@ -123,9 +128,9 @@ class ModelRegistry:
             ).fetchone()
             if row and _spec(row) == spec:
                 return PutResult.UNCHANGED
-            self._conn.execute(
-                _INSERT_MODEL, (*_row(spec), int(auto_delete))
-            )
+            self._conn.execute(_INSERT_MODEL, (*_row(spec), int(auto_delete)))
+            if row:  # a new spec: the old measured size says nothing about it
+                self._conn.execute("DELETE FROM sizes WHERE id = ?", (spec.model_id,))
             return PutResult.REPLACED if row else PutResult.CREATED
 
     def put_many(self, specs: Iterable[ModelSpec]) -> tuple[int, list[str]]:
@@ -145,15 +150,16 @@ class ModelRegistry:
                     if _spec(row) == spec:
                         continue
                     replaced.append(spec.model_id)
-                self._conn.execute(
-                    _INSERT_MODEL, (*_row(spec), 0)
-                )
+                self._conn.execute(_INSERT_MODEL, (*_row(spec), 0))
+                if row:
+                    self._conn.execute("DELETE FROM sizes WHERE id = ?", (spec.model_id,))
                 written += 1
         return written, replaced
 
     def delete(self, model_id: str) -> bool:
-        with self._lock:
+        with self._lock, self._conn:
             cur = self._conn.execute("DELETE FROM models WHERE id = ?", (model_id,))
+            self._conn.execute("DELETE FROM sizes WHERE id = ?", (model_id,))
         return cur.rowcount > 0
 
     def count(self) -> int:
@@ -182,6 +188,27 @@ class ModelRegistry:
             for (model_id,) in rows:
                 yield model_id
             after = rows[-1][0]
+
+    # --- measured sizes -----------------------------------------------------
+
+    def measured_size(self, model_id: str, runtime: str) -> int | None:
+        """The size a load of this model on ``runtime`` was last measured at."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT bytes FROM sizes WHERE id = ? AND runtime = ?", (model_id, runtime)
+            ).fetchone()
+        return int(row[0]) if row else None
+
+    def put_sizes(self, sizes: Iterable[tuple[str, str, int]]) -> None:
+        """Record (model id, runtime, bytes) measurements of registered models, in
+        one transaction."""
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO sizes SELECT ?, ?, ? WHERE EXISTS "
+                "(SELECT 1 FROM models WHERE id = ?1)",
+                sizes,
+            )
 
     # --- vmodels -----------------------------------------------------------
 

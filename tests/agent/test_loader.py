@@ -35,7 +35,7 @@ class Node:
         self.inventory = Inventory()
         self.loader = Loader(
             self.inventory, {"mlserver": self.adapter}, budget, 5.0,
-            Metrics(CollectorRegistry()),
+            Metrics(CollectorRegistry()), sizes=self.registry,
         )
         self.models = ModelService(
             self.registry, self.inventory, self.loader, {"mlserver": self.adapter}
@@ -118,6 +118,21 @@ async def test_measured_size_replaces_the_prediction(node: Node) -> None:
     assert node.adapter.unload_calls == ["a"]
     await node.infer("c")
     assert node.inventory.used_bytes == 200
+
+
+async def test_measured_size_is_remembered_for_the_next_load(node: Node) -> None:
+    await node.add("a")
+    node.adapter.measured["a"] = 40  # predicted 100
+    await node.infer("a")
+    node.loader.flush_sizes()
+    assert node.registry.measured_size("a", "mlserver") == 40
+    assert node.inventory.get("a").predicted_bytes == 100  # type: ignore[union-attr]
+    await node.models.unload("a")
+    del node.adapter.measured["a"]  # this time the runtime cannot tell
+    await node.infer("a")
+    assert node.models.status("a").size_bytes == 40
+    await node.add("a", size=7)  # a new spec: the old measurement is void
+    assert node.registry.measured_size("a", "mlserver") is None
 
 
 async def test_full_processes_evict_the_least_recently_used(node: Node) -> None:

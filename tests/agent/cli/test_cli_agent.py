@@ -205,4 +205,11 @@ def test_node_shows_budget_processes_and_largest_models(agent: AgentProcess,
     assert re.search(r"^mlserver +\d+ +\d+ +[\d.]+ MiB", out, re.M), out
     assert "GPUs: none" in out  # no NVML on this machine
     model_rows = out.split("IN FLIGHT\n", 1)[1].strip().splitlines()
-    assert len(model_rows) == 1 and model_rows[0].startswith("simple-string-")
+    assert len(model_rows) == 1 and model_rows[0].split()[1] == "mlserver"
+
+    status = meshlet("model", "status", "simple-string-11", "--address", address)
+    assert re.search(r"^size: +[\d.]+ \w+ \(predicted 16.0 KiB, [\d.]+x\)$", status.stdout,
+                     re.M), status.stdout
+    unloaded = meshlet("model", "status", "simple-string-19", "--address", address)
+    assert re.search(r"^size: +(not measured yet|[\d.]+ \w+ when last measured)",
+                     unloaded.stdout, re.M), unloaded.stdout
