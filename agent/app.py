@@ -136,6 +136,8 @@ class Agent:
             cgroup_dir=s.cgroup_dir, on_sample=self.metrics.observe_resources,
         )
         await self.monitor.start()
+        monitor = self.monitor
+        self.metrics.monitor_cpu.set_function(lambda: monitor.cpu_seconds)
         assert self.monitor.latest is not None
         budget = s.resolved_memory_budget(self.monitor.latest.memory_available_bytes)
         self.loader = Loader(

@@ -97,6 +97,10 @@ class Metrics:
             "meshlet_runtime_rss_bytes", "RSS of all runtime processes and their children",
             registry=registry,
         )
+        self.monitor_cpu = Gauge(
+            "meshlet_resource_monitor_cpu_seconds",
+            "CPU time the resource monitor has spent sampling", registry=registry,
+        )
         self.gpu_free = Gauge(
             "meshlet_gpu_free_bytes", "Free memory per GPU (NVML)", ["gpu"], registry=registry
         )

@@ -123,6 +123,7 @@ class ResourceMonitor:
         self._last_cpu = psutil.cpu_times()
         self._latest: NodeResources | None = None
         self._samples = 0
+        self._cpu_s = 0.0
         self._failing = False
         self._stopping: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -197,10 +198,17 @@ class ResourceMonitor:
 
     def _take(self, roots: list[int]) -> NodeResources:
         with self._lock:
+            started = time.thread_time()
             snapshot = self._measure(roots)
             self._latest = snapshot
             self._samples += 1
+            self._cpu_s += time.thread_time() - started
         return snapshot
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time spent sampling so far (the monitor's own cost)."""
+        return self._cpu_s
 
     def _measure(self, roots: list[int]) -> NodeResources:
         vm = psutil.virtual_memory()

@@ -159,18 +159,21 @@ class BenchAgent:
             found.append(RuntimeProc(child.pid, cmd, _grpc_port(cmd), _listen_ports(child)))
         return found
 
-    def metrics(self) -> dict[str, float]:
-        """``meshlet_*`` samples from /metrics (label sets joined into the name)."""
+    def metrics_text(self) -> str:
+        """The raw /metrics page ("" when it cannot be read)."""
         port = self.process.info.get("metrics_port")
         if not port:
-            return {}
+            return ""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-                text = r.read().decode()
+                return str(r.read().decode())
         except OSError:
-            return {}
+            return ""
+
+    def metrics(self) -> dict[str, float]:
+        """``meshlet_*`` samples from /metrics (label sets joined into the name)."""
         out: dict[str, float] = {}
-        for line in text.splitlines():
+        for line in self.metrics_text().splitlines():
             if line.startswith("meshlet_") and "_bucket{" not in line and "_created" not in line:
                 name, _, value = line.rpartition(" ")
                 try:

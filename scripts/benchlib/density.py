@@ -9,6 +9,15 @@
 
 bytes_per_model is the runtimes' summed RSS / models resident (RSS counts
 shared pages once per process; PSS is printed beside it).
+
+``--processes N|auto`` packs the models into a pool of up to N MLServer
+processes (auto: one per CPU), each holding at most ceil(models / N). Then
+also: packing_efficiency = the sum of the models' accounted (measured) sizes /
+what loading them added to the runtimes' RSS (each process's RSS less what
+an empty one takes, measured before loading; packing_efficiency_total divides
+by the runtimes' whole RSS instead, empty processes included); size_error_p50
+= the median of measured / predicted size (from the agent's histogram);
+monitor_cpu_fraction = the resource monitor's CPU time / the agent's wall time.
 agent_bytes_per_registered_model is (agent RSS with N loaded - baseline agent
 RSS) / N: everything the agent spends per model, registered and loaded.
 """
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import time
 from typing import Any
@@ -35,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the empty baseline agent (then per-model agent bytes are "
                         "measured from the agent with N registered, before loading)")
+    p.add_argument("--processes", default="1", metavar="N|auto",
+                   help="MLServer processes to pack into (auto: one per CPU; default 1)")
     p.add_argument("--memory-budget-bytes", type=int, default=0,
                    help="agent memory budget (default 80%% of RAM: nothing evicted)")
 
@@ -62,13 +74,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             base.stop()
         say(f"baseline agent (0 registered): RSS {mib(baseline_rss)}")
 
-    agent = BenchAgent(n, budget, keep=args.keep, label="density")
+    processes = (os.cpu_count() or 1) if args.processes == "auto" else int(args.processes)
+    pool_env = {
+        "MESHLET_RUNTIME_PROCESSES_MAX": str(processes),
+        "MESHLET_RUNTIME_PROCESS_MAX_MODELS": str(-(-n // processes) if processes > 1 else 0),
+    }
+    agent = BenchAgent(n, budget, keep=args.keep, label="density", extra_env=pool_env)
     try:
         t0 = time.perf_counter()
         agent.start(timeout_s=max(300.0, n / 100))
         start_s = time.perf_counter() - t0
         registered_rss = _settled_rss(agent)
         runtime_rss_empty = agent.descendants_rss()
+        empty_per_process = runtime_rss_empty / max(len(agent.runtimes()), 1)
         say(f"agent ready in {start_s:.1f} s with {n:,} registered: RSS {mib(registered_rss)}")
 
         progress(f"loading {n:,} models through {agent.address} ...")
@@ -88,6 +106,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sample = asyncio.run(infer_each(agent.address, sample_ids, 16))
         sample_s = time.perf_counter() - t1
         metrics = agent.metrics()
+        size_ratio_p50 = _histogram_p50(agent.metrics_text(),
+                                        "meshlet_model_size_measured_over_predicted")
+        agent_wall_s = time.perf_counter() - t0
         agent_rss_end = agent.rss()
     finally:
         agent.stop()
@@ -128,6 +149,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_p99_ms": percentile(loads.latencies_ms, 99),
         "load_in_flight": args.batch,
         "repository_index_s": index_s,
+        "processes": len(runtimes),
+        "processes_max": processes,
+        "packing_efficiency": (
+            metrics.get("meshlet_memory_used_bytes", 0.0) / models_rss
+            if (models_rss := runtime_rss - empty_per_process * len(runtimes)) > 0 else None
+        ),
+        "runtime_rss_empty_per_process_bytes": empty_per_process,
+        "packing_efficiency_total": (
+            metrics.get("meshlet_memory_used_bytes", 0.0) / runtime_rss if runtime_rss else None
+        ),
+        "size_error_p50": size_ratio_p50,
+        "monitor_cpu_fraction": (
+            metrics.get("meshlet_resource_monitor_cpu_seconds", 0.0) / agent_wall_s
+        ),
         "sampled": len(sample_ids),
         "sampled_ok": sample.ok,
         "sample_errors": sample.errors,
@@ -140,6 +175,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     _print(result)
     return result
+
+
+def _histogram_p50(text: str, name: str) -> float | None:
+    """The bucket bound under which half the observations fall (None: none)."""
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound),
+                            float(line.rsplit(" ", 1)[1])))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = max(count for _, count in buckets)
+    return next(bound for bound, count in sorted(buckets) if count >= total / 2)
 
 
 def _print(r: dict[str, Any]) -> None:
@@ -171,6 +220,11 @@ def _print(r: dict[str, Any]) -> None:
         f"(p50 {r['sample_p50_ms']:.2f} ms, p99 {r['sample_p99_ms']:.2f} ms)")
     say(f"agent start            {r['agent_start_s']:.1f} s (with {r['models_requested']:,} "
         "registered by --demo)")
+    eff = r["packing_efficiency"]
+    say(f"packing efficiency     {eff if eff is None else round(eff, 3)} [accounted sizes / "
+        f"runtime RSS added]; {r['packing_efficiency_total']:.3f} of the whole runtime RSS")
+    say(f"size measured/predicted p50 {r['size_error_p50']}")
+    say(f"monitor CPU            {r['monitor_cpu_fraction'] * 100:.3f}% of one core")
     ev = {k: v for k, v in r["agent_metrics"].items()
           if "evictions" in k or "failures" in k or "memory_used" in k}
     if ev:
