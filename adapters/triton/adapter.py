@@ -13,6 +13,10 @@ Decisions:
 * Size: a model's size is what its load added to the RSS of the server and its
   children (Python-backend stubs are child processes), measured around the
   load. Loads are serialized so that two loads never share a measurement.
+* A Python-backend stub that dies under a live server makes Triton answer
+  INTERNAL "Stub process ... is not healthy" for that model from then on;
+  the adapter turns the first such answer into UNAVAILABLE and reports the
+  model lost, so its next request reloads it.
 * A type whose backend this Triton lacks is refused at registration
   (``supports``); an artifact in Triton's own layout (type ``triton``) names its
   backend in its config, so Triton itself refuses it at load.
@@ -32,7 +36,7 @@ from adapters.runtime_process import RuntimeProcess
 from adapters.triton import layout
 from adapters.triton.install import TritonInstall, TritonMissing, find_triton
 from adapters.triton.process import TritonProcess
-from agent.errors import RuntimeUnavailable
+from agent.errors import Code, RuntimeRequestFailed, RuntimeUnavailable
 from agent.registry.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 # at about 40 MiB RSS) plus its files. Other formats: 1.25 x their files.
 PYTHON_MODEL_BYTES = 48 * 2**20
 MIN_MODEL_BYTES = 1 * 2**20
+STUB_DEAD = "is not healthy"  # in Triton's INTERNAL error once a model's stub process died
 DISK_SIZE_FACTOR = 1.25
 
 
@@ -199,7 +204,22 @@ class TritonAdapter(RuntimeAdapter):
         process = self._process
         if process is None:
             raise RuntimeUnavailable(f"triton is not running: {self.unavailable_reason}")
-        return await process.infer(request)
+        try:
+            return await process.infer(request)
+        except RuntimeRequestFailed as err:
+            if err.code != Code.INTERNAL or STUB_DEAD not in err.message:
+                raise
+        # A Python-backend stub died under a live server: Triton does not bring
+        # it back, so the model is forgotten and reloaded on its next request
+        # (a load of a loaded model makes Triton start a fresh instance).
+        log.warning("triton: the stub process of %r died; it reloads on demand", model_id)
+        process.models.discard(model_id)
+        if self._listener is not None:
+            self._listener(self.kind, [model_id])
+        raise RuntimeUnavailable(
+            f"model {model_id!r}: its Triton Python stub process died; it is reloaded on "
+            "the next request"
+        )
 
     async def metadata(self, model_id: str) -> bytes:
         return await self._running().metadata(model_id)

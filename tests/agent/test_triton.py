@@ -149,6 +149,30 @@ def test_triton_sigkill_mid_traffic_recovers(mixed: AgentProcess, mesh: MeshClie
     assert mesh.status("crash-t") == mm.ModelStatusInfo.LOADED
 
 
+def test_dead_python_stub_is_detected_and_the_model_reloaded(mixed: AgentProcess,
+                                                             mesh: MeshClient) -> None:
+    mesh.register("stub-t", runtime="triton")
+    with triton.InferenceServerClient(mixed.address) as client:
+        check_sums(infer(client, "stub-t"))
+        [server] = triton_pids(mixed.pid)
+        stubs = descendant_pids(server, lambda cmd: any("stub-t" in a for a in cmd))
+        assert len(stubs) == 1, stubs
+        os.kill(stubs[0], signal.SIGKILL)
+
+        def answered() -> bool:
+            try:
+                check_sums(infer(client, "stub-t"))
+                return True
+            except InferenceServerException as err:
+                assert str(err.status()) in ("StatusCode.UNAVAILABLE", "StatusCode.INTERNAL")
+                return False
+
+        wait_for(answered, timeout_s=60, what="the model answering again")
+        new = descendant_pids(server, lambda cmd: any("stub-t" in a for a in cmd))
+        assert new and stubs[0] not in new
+    assert "stub process of 'stub-t' died" in mixed.log_tail(400)
+
+
 def test_missing_tritonserver_leaves_mlserver_serving(start_agent: StartAgent,
                                                       tmp_path: Path) -> None:
     agent = start_agent("--demo", "2", MESHLET_RUNTIMES=MIXED,
