@@ -103,10 +103,16 @@ class RuntimeAdapter(abc.ABC):
         """Bytes of memory the model is expected to take once loaded;
         ``artifact_bytes`` is the size of its files (0 for a builtin model)."""
 
+    #: Whether this runtime can place a model on a chosen GPU (``load(gpu=...)``).
+    gpu_capable: ClassVar[bool] = False
+
     @abc.abstractmethod
-    async def load(self, spec: ModelSpec, artifact: Path | None) -> int | None:
-        """Load and return the bytes the model was measured to take, or None
-        when the runtime cannot tell (the predicted size stands)."""
+    async def load(
+        self, spec: ModelSpec, artifact: Path | None, gpu: int | None = None
+    ) -> int | None:
+        """Load (on GPU ``gpu``, NVML's index, when given) and return the bytes
+        the model was measured to take, or None when the runtime cannot tell
+        (the predicted size stands)."""
 
     @abc.abstractmethod
     async def unload(self, model_id: str) -> None: ...

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 import grpc
@@ -44,6 +44,7 @@ from agent.metrics import Metrics
 from agent.models import ModelService
 from agent.proto import POOL, meshlet_pb2_grpc, model_mesh_pb2_grpc
 from agent.registry.store import ModelRegistry
+from agent.resources.gpu import GpuInfo
 from agent.resources.monitor import ResourceMonitor
 from agent.router import Router
 from agent.storage.config import StorageConfig
@@ -142,7 +143,7 @@ class Agent:
         budget = s.resolved_memory_budget(self.monitor.latest.memory_available_bytes)
         self.loader = Loader(
             self.inventory, self.adapters, budget, s.load_timeout_s, self.metrics, self.artifacts,
-            sizes=self.registry,
+            sizes=self.registry, gpus=self._sample_gpus,
         )
         self._models = ModelService(
             self.registry, self.inventory, self.loader, self.adapters, self.artifacts
@@ -176,6 +177,11 @@ class Agent:
             ", ".join(f"{k}={'up' if a.available else 'unavailable'}"
                       for k, a in self.adapters.items()),
         )
+
+    async def _sample_gpus(self) -> Sequence[GpuInfo]:
+        assert self.monitor is not None
+        resources = await asyncio.to_thread(self.monitor.sample)
+        return resources.gpus
 
     def _runtime_pids(self) -> list[int]:
         return [p.pid for a in self.adapters.values() for p in a.processes()]

@@ -27,6 +27,7 @@ class LoadedModel:
     in_flight: int = 0
     artifact: Artifact | None = None  # its files, held while it is loaded
     predicted_bytes: int = 0  # what the runtime predicted before its load
+    gpu: int | None = None  # the GPU (NVML index) it was placed on
 
 
 class Inventory:
@@ -65,6 +66,10 @@ class Inventory:
     def idle_lru(self) -> Iterator[LoadedModel]:
         """Loaded models with no request in flight, least recently used first."""
         return (m for m in self._models.values() if m.in_flight == 0)
+
+    def on_gpus(self) -> Iterator[tuple[int, LoadedModel]]:
+        """(LRU rank, model) of the models placed on GPUs, least recently used first."""
+        return ((rank, m) for rank, m in enumerate(self._models.values()) if m.gpu is not None)
 
     def largest(self, n: int) -> list[LoadedModel]:
         """The ``n`` loaded models taking the most bytes, largest first."""

@@ -6,7 +6,10 @@ gives up does not cancel it for the others). A load first fetches the model's
 artifact through the node cache (``agent.artifacts``; builtin models have
 none), so its predicted size can use the artifact's real size; then least
 recently used models with no request in flight are unloaded until that size
-fits the memory budget. The size is the one last measured for this model on
+fits the memory budget. A GPU model (``spec.gpu``) is first given a GPU by
+``agent.resources.placement`` on fresh NVML figures, evicting the least
+recently used idle GPU models there if it must (RESOURCE_EXHAUSTED naming the
+shortfall when even that cannot fit it). The size is the one last measured for this model on
 this runtime (kept in the registry), else the runtime's prediction; a runtime
 that measures a load replaces it, and the measurement is written back in
 batches. The artifact is held while the model is loaded and
@@ -20,7 +23,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -37,10 +40,13 @@ from agent.errors import (
 from agent.inventory import Inventory, LoadedModel
 from agent.metrics import Metrics
 from agent.registry.spec import ModelSpec
+from agent.resources.gpu import GpuInfo
+from agent.resources.placement import GpuModel, plan_gpu
 
 log = logging.getLogger(__name__)
 
 
+GPU_PLAN_ROUNDS = 3  # plan, evict, look again: at most this many times
 SIZE_FLUSH_DELAY_S = 1.0  # measured sizes reach the registry in batches this often
 
 
@@ -62,12 +68,15 @@ class Loader:
         metrics: Metrics,
         artifacts: ArtifactStore | None = None,
         sizes: SizeStore | None = None,
+        gpus: Callable[[], Awaitable[Sequence[GpuInfo]]] | None = None,
     ) -> None:
         """``artifacts`` None: nothing is fetched and runtimes get no files
         (unit tests with fake runtimes)."""
         self._inventory = inventory
         self._artifacts = artifacts
         self._sizes = sizes
+        self._gpus = gpus  # a fresh NVML sample; None: this node has no GPU
+        self._gpu_reserved: dict[int, int] = {}  # GPU index -> bytes of loads in flight
         self._pending_sizes: dict[str, tuple[str, int]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self._adapters = adapters
@@ -132,7 +141,9 @@ class Loader:
             raise
         try:
             model = await self._load_into(spec, adapter, artifact)
-        except BaseException:
+        except BaseException as err:
+            if isinstance(err, MeshletError):
+                self._record_failure(spec.model_id, err.message)
             if artifact is not None:
                 await asyncio.shield(self._release(artifact))
             raise
@@ -161,28 +172,31 @@ class Loader:
                 f"model {spec.model_id!r} needs {size} bytes, more than the whole "
                 f"memory budget of {self.budget_bytes} bytes"
             )
+        gpu = await self._place_on_gpu(spec, size) if spec.gpu else None
         await self._make_room(size)
         self._reserved_bytes += size
+        if gpu is not None:
+            self._gpu_reserved[gpu] = self._gpu_reserved.get(gpu, 0) + size
         path = artifact.path if artifact else None
         try:
-            measured = await self._load_with_room(adapter, spec, path)
+            measured = await self._load_with_room(adapter, spec, path, gpu)
         except TimeoutError:
-            self._record_failure(spec.model_id, f"load timed out after {self._load_timeout_s} s")
             raise LoadFailed(
                 f"model {spec.model_id!r}: load timed out after {self._load_timeout_s} s"
             ) from None
-        except MeshletError as err:
-            self._record_failure(spec.model_id, err.message)
-            raise
         finally:
             self._reserved_bytes -= size
+            if gpu is not None:
+                self._gpu_reserved[gpu] -= size
         self.failures.pop(spec.model_id, None)
         if measured is not None:
             self._metrics.size_error.observe(measured / predicted)
             if measured != known:
                 self._remember_size(spec, measured)
             size = measured
-        model = LoadedModel(spec, adapter, size, artifact=artifact, predicted_bytes=predicted)
+        model = LoadedModel(
+            spec, adapter, size, artifact=artifact, predicted_bytes=predicted, gpu=gpu
+        )
         self._inventory.add(model)
         return model
 
@@ -208,14 +222,33 @@ class Loader:
             except Exception:
                 log.exception("could not record %d measured sizes", len(rows))
 
+    async def _place_on_gpu(self, spec: ModelSpec, size: int) -> int:
+        """The GPU for a GPU model, after evicting what its plan says must go
+        (``agent.resources.placement``); planned again on fresh NVML figures
+        after each eviction, since what an eviction frees is an estimate."""
+        for _ in range(GPU_PLAN_ROUNDS):
+            gpus = await self._gpus() if self._gpus is not None else []
+            loaded = [
+                GpuModel(m.spec.model_id, m.gpu, m.size_bytes, float(rank), m.in_flight)
+                for rank, m in self._inventory.on_gpus() if m.gpu is not None
+            ]
+            plan = plan_gpu(spec.model_id, size, gpus, loaded, reserved=self._gpu_reserved)
+            if not plan.evict:
+                return plan.gpu
+            for victim in plan.evict:
+                await self.unload(victim, reason="evicted")
+        return plan.gpu
+
     async def _load_with_room(
-        self, adapter: RuntimeAdapter, spec: ModelSpec, path: Path | None
+        self, adapter: RuntimeAdapter, spec: ModelSpec, path: Path | None, gpu: int | None
     ) -> int | None:
         """Load; while the runtime's processes are all full, unload that
         runtime's least recently used idle model and try again."""
         while True:
             try:
-                return await asyncio.wait_for(adapter.load(spec, path), self._load_timeout_s)
+                return await asyncio.wait_for(
+                    adapter.load(spec, path, gpu=gpu), self._load_timeout_s
+                )
             except PoolFull:
                 victim = next(
                     (m for m in self._inventory.idle_lru() if m.adapter is adapter), None

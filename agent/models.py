@@ -68,6 +68,11 @@ class ModelService:
         if self._artifacts is not None and not spec.is_builtin:
             self._artifacts.check_uri(spec.uri)
         adapter = self._adapters.get(spec.runtime)
+        if spec.gpu and adapter is not None and not adapter.gpu_capable:
+            raise InvalidSpec(
+                f"model {spec.model_id!r} asks for a GPU, but runtime {spec.runtime!r} does "
+                "not place models on GPUs (triton does)"
+            )
         if adapter is not None and not adapter.supports(spec.model_type):
             raise InvalidSpec(
                 f"model type {spec.model_type!r} cannot be served by runtime {spec.runtime!r}"

@@ -23,6 +23,8 @@ class FakeAdapter(RuntimeAdapter):
         self.load_calls: list[str] = []
         self.artifacts: dict[str, Path | None] = {}  # model id -> the path it loaded from
         self.measured: dict[str, int] = {}  # model id -> the size its load reports
+        self.gpus: dict[str, int | None] = {}  # model id -> the GPU it was loaded on
+        self.gpu_capable = True
         self.max_loaded = 0  # > 0: loads beyond this many raise PoolFull, as a full pool
         self.unload_calls: list[str] = []
         self.fail: dict[str, str] = {}
@@ -45,8 +47,11 @@ class FakeAdapter(RuntimeAdapter):
     def predict_size(self, spec: ModelSpec, artifact_bytes: int) -> int:
         return spec.size_hint or self.size
 
-    async def load(self, spec: ModelSpec, artifact: Path | None) -> int | None:
+    async def load(
+        self, spec: ModelSpec, artifact: Path | None, gpu: int | None = None
+    ) -> int | None:
         self.load_calls.append(spec.model_id)
+        self.gpus[spec.model_id] = gpu
         self.artifacts[spec.model_id] = artifact
         if self.gate is not None:
             await self.gate.wait()

@@ -24,7 +24,7 @@ from adapters.mlserver.process import MLServerProcess
 from adapters.pool import ProcessPool
 from adapters.runtime_process import RuntimeProcess
 from adapters.sizing import LoadSizer
-from agent.errors import MeshletError, RuntimeUnavailable
+from agent.errors import LoadFailed, MeshletError, RuntimeUnavailable
 from agent.registry.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,11 @@ class MLServerAdapter(RuntimeAdapter):
     def predict_size(self, spec: ModelSpec, artifact_bytes: int) -> int:
         return model_settings.predict_size(spec, artifact_bytes)
 
-    async def load(self, spec: ModelSpec, artifact: Path | None) -> int | None:
+    async def load(
+        self, spec: ModelSpec, artifact: Path | None, gpu: int | None = None
+    ) -> int | None:
+        if gpu is not None:
+            raise LoadFailed(f"model {spec.model_id!r}: mlserver does not place models on GPUs")
         size = model_settings.predict_size(spec, artifact_size(artifact))
         process = await self._pool.place(spec.model_id, size)
         try:

@@ -67,6 +67,7 @@ def tree_rss(pid: int) -> int:
 
 class TritonAdapter(RuntimeAdapter):
     kind = "triton"
+    gpu_capable = True
 
     def __init__(self, options: RuntimeOptions) -> None:
         super().__init__(options)
@@ -169,9 +170,13 @@ class TritonAdapter(RuntimeAdapter):
             raise RuntimeUnavailable(f"triton is not running: {self.unavailable_reason}")
         return process
 
-    async def load(self, spec: ModelSpec, artifact: Path | None) -> int | None:
+    async def load(
+        self, spec: ModelSpec, artifact: Path | None, gpu: int | None = None
+    ) -> int | None:
         process = self._running()
-        await asyncio.to_thread(layout.lay_out, self._repository, spec, artifact)
+        folder = await asyncio.to_thread(layout.lay_out, self._repository, spec, artifact)
+        if gpu is not None:
+            await asyncio.to_thread(layout.place_on_gpu, folder, gpu)
         async with self._load_lock:
             pid = process.pid
             before = await asyncio.to_thread(tree_rss, pid) if pid else 0

@@ -77,6 +77,7 @@ output [
 ]
 instance_group [ { kind: KIND_CPU count: 1 } ]
 """
+_CPU_GROUP = "kind: KIND_CPU count: 1"  # the generated instance group, as written above
 
 
 def required_backend(model_type: str) -> str | None:
@@ -137,6 +138,21 @@ def lay_out(repository: Path, spec: ModelSpec, artifact: Path | None) -> Path:
         else:
             _link_entries(folder / "1", artifact)
     return folder
+
+
+def place_on_gpu(folder: Path, index: int) -> None:
+    """Make the model in ``folder`` run one instance on GPU ``index`` (CUDA's
+    numbering; the server runs with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so that it
+    is NVML's too). A config with its own ``instance_group`` keeps it, except
+    the generated CPU one, which is replaced."""
+    config = folder / CONFIG_FILENAME
+    text = config.read_text(encoding="utf-8")
+    gpu_group = f"kind: KIND_GPU count: 1 gpus: [ {index} ]"
+    if _CPU_GROUP in text:
+        text = text.replace(_CPU_GROUP, gpu_group)
+    elif "instance_group" not in text:
+        text += f"\ninstance_group [ {{ {gpu_group} }} ]\n"
+    config.write_text(text, encoding="utf-8")
 
 
 def remove(repository: Path, model_id: str) -> None:

@@ -50,7 +50,9 @@ class TritonProcess(RuntimeProcess):
         self._repository = repository
         self._infer: RawCall | None = None
         super().__init__(
-            name, options, on_models_lost, env={**os.environ, **install.env},
+            name, options, on_models_lost,
+            # CUDA numbers GPUs as NVML does, so a placement's index means one GPU.
+            env={**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", **install.env},
             cwd=options.work_dir, logger=log,
         )
 

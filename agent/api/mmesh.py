@@ -4,7 +4,7 @@ ModelMesh clients keep working.
 A ``ModelInfo`` becomes a spec as follows: ``type`` is the model type,
 ``path`` the storage URI, and ``key`` (optional) a JSON object with meshlet's
 extra fields: ``{"runtime": "mlserver", "size_hint": 123, "labels": {...},
-"storage_key": "..."}``. ModelMesh's own key fields are understood too:
+"storage_key": "...", "gpu": true}``. ModelMesh's own key fields are understood too:
 ``storage_key`` picks the storage-config key, and ``bucket`` with a ``path``
 that is not a URI makes ``s3://<bucket>/<path>``. A ``key`` that is not JSON
 is ignored.
@@ -46,6 +46,7 @@ def spec_from_model_info(model_id: str, info: mm.ModelInfo) -> ModelSpec:
             size_hint=int(extra.get("size_hint", 0)),
             labels={str(k): str(v) for k, v in dict(extra.get("labels", {})).items()},
             storage_key=str(extra.get("storage_key") or ""),
+            gpu=bool(extra.get("gpu", False)),
         )
     except (TypeError, ValueError) as err:
         raise InvalidSpec(f"modelInfo.key of {model_id!r}: {err}") from None

@@ -137,6 +137,8 @@ def _add_add(commands: Any) -> None:
     add.add_argument("--storage-key", default="", metavar="KEY",
                      help="s3: the storage-config key with the credentials (default: the "
                           "key whose bucket matches, else 'default' / 'default_s3')")
+    add.add_argument("--gpu", action="store_true",
+                     help="place it on a GPU: the one with the most free memory (triton)")
     add.add_argument("--prefetch", action="store_true",
                      help="pull the artifact into the node cache now, without loading it")
     add.add_argument("--load", action="store_true",
@@ -175,7 +177,7 @@ async def add_models(args: argparse.Namespace) -> int:
         given = [flag for flag, value in (
             ("ID", args.id), ("--uri", args.uri), ("--type", args.model_type),
             ("--runtime", args.runtime), ("--size-hint", args.size_hint),
-            ("--label", args.label), ("--storage-key", args.storage_key),
+            ("--label", args.label), ("--storage-key", args.storage_key), ("--gpu", args.gpu),
         ) if value]
         if given:
             raise UsageError(f"--file takes the models from the file; drop {', '.join(given)}")
@@ -189,7 +191,7 @@ async def add_models(args: argparse.Namespace) -> int:
         raise UsageError(f"model add needs {', '.join(missing)} (or --file)")
     try:
         spec = checked_spec(args.id, args.uri, args.model_type, args.runtime or "mlserver",
-                            args.size_hint, dict(args.label), args.storage_key)
+                            args.size_hint, dict(args.label), args.storage_key, args.gpu)
     except FieldError as err:
         raise UsageError(f"{err.field}: {err.message}" if err.field else err.message) from None
     async with Client(args.address) as client:

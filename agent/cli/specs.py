@@ -22,7 +22,7 @@ from agent.errors import MeshletError
 from agent.proto import model_mesh_pb2 as mm
 from agent.registry.spec import RUNTIMES, ModelSpec, validate_model_id, validate_uri
 
-FIELDS = ("id", "uri", "type", "runtime", "size_hint", "labels", "storage_key")
+FIELDS = ("id", "uri", "type", "runtime", "size_hint", "labels", "storage_key", "gpu")
 REQUIRED = ("id", "uri", "type")
 MAX_LISTED = 20  # problems shown before "... and N more"
 
@@ -40,6 +40,8 @@ def model_info(spec: ModelSpec) -> mm.ModelInfo:
     }
     if spec.storage_key:
         key["storage_key"] = spec.storage_key
+    if spec.gpu:
+        key["gpu"] = True
     return mm.ModelInfo(type=spec.model_type, path=spec.uri, key=json.dumps(key))
 
 
@@ -57,6 +59,13 @@ def _string(entry: dict[Any, Any], field: str, default: str | None = None) -> st
     if not isinstance(value, str):
         raise FieldError(field, f"must be a string, got {type(value).__name__} {value!r} "
                                 "(quote it in YAML)")
+    return value
+
+
+def _flag(entry: dict[Any, Any], field: str) -> bool:
+    value = entry.get(field, False)
+    if not isinstance(value, bool):
+        raise FieldError(field, f"must be true or false, got {value!r}")
     return value
 
 
@@ -105,12 +114,14 @@ def spec_from_entry(entry: Any) -> ModelSpec:
         size_hint=_size(entry.get("size_hint")),
         labels=_labels(entry.get("labels")),
         storage_key=_string(entry, "storage_key", ""),
+        gpu=_flag(entry, "gpu"),
     )
 
 
 def checked_spec(
     model_id: str, uri: str, model_type: str, runtime: str = "mlserver",
     size_hint: int = 0, labels: dict[str, str] | None = None, storage_key: str = "",
+    gpu: bool = False,
 ) -> ModelSpec:
     """A spec the agent will accept, or FieldError naming the field that it would not."""
     checks = (
@@ -127,7 +138,7 @@ def checked_spec(
     if not model_type:
         raise FieldError("type", "is empty")
     spec = ModelSpec(
-        model_id, uri, runtime, model_type, size_hint, dict(labels or {}), storage_key
+        model_id, uri, runtime, model_type, size_hint, dict(labels or {}), storage_key, gpu
     )
     try:
         return spec.validated()

@@ -68,6 +68,7 @@ class ModelSpec:
     size_hint: int = 0  # bytes; 0 = unknown, the runtime predicts
     labels: dict[str, str] = field(default_factory=dict)
     storage_key: str = ""  # s3: the storage-config key; "" = chosen by bucket/default
+    gpu: bool = False  # placed on a GPU (by NVML free memory), on a runtime that can
 
     @property
     def is_builtin(self) -> bool:

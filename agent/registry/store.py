@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS models (
     size_hint   INTEGER NOT NULL DEFAULT 0,
     labels      TEXT NOT NULL DEFAULT '{}',
     auto_delete INTEGER NOT NULL DEFAULT 0,
-    storage_key TEXT NOT NULL DEFAULT ''
+    storage_key TEXT NOT NULL DEFAULT '',
+    gpu         INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS vmodels (
     id          TEXT PRIMARY KEY,
@@ -49,10 +50,10 @@ CREATE INDEX IF NOT EXISTS vmodels_active ON vmodels(active);
 CREATE INDEX IF NOT EXISTS vmodels_target ON vmodels(target);
 """
 
-_MODEL_COLUMNS = "id, uri, runtime, model_type, size_hint, labels, storage_key"
+_MODEL_COLUMNS = "id, uri, runtime, model_type, size_hint, labels, storage_key, gpu"
 _INSERT_MODEL = (
     "INSERT OR REPLACE INTO models (id, uri, runtime, model_type, size_hint, labels, "
-    "storage_key, auto_delete) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "storage_key, gpu, auto_delete) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -76,9 +77,9 @@ class VModel:
         return self.active != self.target
 
 
-def _spec(row: tuple[str, str, str, str, int, str, str]) -> ModelSpec:
+def _spec(row: tuple[str, str, str, str, int, str, str, int]) -> ModelSpec:
     labels = json.loads(row[5]) if row[5] != "{}" else {}
-    return ModelSpec(row[0], row[1], row[2], row[3], row[4], labels, row[6])
+    return ModelSpec(row[0], row[1], row[2], row[3], row[4], labels, row[6], bool(row[7]))
 
 
 class ModelRegistry:
@@ -251,9 +252,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(models)")}
     if "storage_key" not in columns:  # before the node cache (issue 3)
         conn.execute("ALTER TABLE models ADD COLUMN storage_key TEXT NOT NULL DEFAULT ''")
+    if "gpu" not in columns:  # before GPU placement (issue 5)
+        conn.execute("ALTER TABLE models ADD COLUMN gpu INTEGER NOT NULL DEFAULT 0")
 
 
-def _row(spec: ModelSpec) -> tuple[str, str, str, str, int, str, str]:
+def _row(spec: ModelSpec) -> tuple[str, str, str, str, int, str, str, int]:
     return (
         spec.model_id,
         spec.uri,
@@ -262,4 +265,5 @@ def _row(spec: ModelSpec) -> tuple[str, str, str, str, int, str, str]:
         spec.size_hint,
         spec.labels_json(),
         spec.storage_key,
+        int(spec.gpu),
     )

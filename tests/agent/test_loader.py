@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.errors import (
     CapacityExhausted,
+    InvalidSpec,
     LoadFailed,
     ModelNotFound,
     ModelTooLarge,
@@ -23,6 +24,8 @@ from agent.metrics import Metrics
 from agent.models import ModelService, ModelState
 from agent.registry.spec import ModelSpec
 from agent.registry.store import ModelRegistry
+from agent.resources.gpu import GpuInfo, ScriptedGpus
+from agent.resources.placement import GpuShortfall
 from agent.router import Router
 from agent.vmodels import VModels, VModelState
 from tests.fakes import FakeAdapter
@@ -35,13 +38,21 @@ class Node:
         self.inventory = Inventory()
         self.loader = Loader(
             self.inventory, {"mlserver": self.adapter}, budget, 5.0,
-            Metrics(CollectorRegistry()), sizes=self.registry,
+            Metrics(CollectorRegistry()), sizes=self.registry, gpus=self.sample_gpus,
         )
+        self.scripted = ScriptedGpus()
         self.models = ModelService(
             self.registry, self.inventory, self.loader, {"mlserver": self.adapter}
         )
         self.vmodels = VModels(self.registry, self.models, retry_interval_s=0.01)
         self.router = Router(self.registry, self.inventory, self.models, self.vmodels)
+
+    async def sample_gpus(self) -> list[GpuInfo]:
+        """NVML as scripted, with what our loaded GPU models use on top."""
+        for gpu in range(len(self.scripted.gpus())):
+            used = sum(m.size_bytes for _, m in self.inventory.on_gpus() if m.gpu == gpu)
+            self.scripted.set_process_memory(gpu, 1, used)
+        return self.scripted.gpus()
 
     async def add(self, *ids: str, size: int = 0) -> None:
         for model_id in ids:
@@ -133,6 +144,56 @@ async def test_measured_size_is_remembered_for_the_next_load(node: Node) -> None
     assert node.models.status("a").size_bytes == 40
     await node.add("a", size=7)  # a new spec: the old measurement is void
     assert node.registry.measured_size("a", "mlserver") is None
+
+
+async def add_gpu_models(node: Node, *ids: str, size: int) -> None:
+    for model_id in ids:
+        await node.models.register(ModelSpec(
+            model_id, "builtin://simple-string", "mlserver", "simple-string", size, gpu=True
+        ))
+
+
+async def test_gpu_models_go_to_the_gpu_with_most_free_memory(node: Node) -> None:
+    node.loader.budget_bytes = 10_000
+    node.scripted.add_gpu(1000, "small")
+    node.scripted.add_gpu(1000, "big")
+    node.scripted.set_other_used(0, 600)  # someone else uses GPU 0
+    await add_gpu_models(node, "g1", "g2", size=300)
+    await node.infer("g1")
+    assert node.adapter.gpus["g1"] == 1  # 1000 free beats 400
+    await node.infer("g2")
+    assert node.adapter.gpus["g2"] == 1  # 700 free still beats 400
+    assert node.inventory.get("g2").gpu == 1  # type: ignore[union-attr]
+
+
+async def test_full_gpu_evicts_its_least_recently_used_idle_model(node: Node) -> None:
+    node.loader.budget_bytes = 10_000
+    node.scripted.add_gpu(1000, "only")
+    await add_gpu_models(node, "g1", "g2", "g3", "g4", size=400)
+    await node.infer("g1")
+    await node.infer("g2")
+    await node.infer("g1")  # g2 is now the least recently used
+    await node.infer("g3")  # 200 free: g2 must go
+    assert node.adapter.unload_calls == ["g2"]
+    assert {m for m, g in node.adapter.gpus.items() if g == 0} >= {"g1", "g3"}
+
+
+async def test_no_gpu_that_can_fit_is_resource_exhausted(node: Node) -> None:
+    node.loader.budget_bytes = 10_000
+    await add_gpu_models(node, "g1", size=400)
+    with pytest.raises(GpuShortfall, match="no GPU"):
+        await node.infer("g1")
+    node.scripted.add_gpu(300, "tiny")
+    with pytest.raises(GpuShortfall, match="400") as raised:
+        await node.infer("g1")
+    assert raised.value.code.name == "RESOURCE_EXHAUSTED"
+    assert node.models.status("g1").state is ModelState.LOADING_FAILED
+
+
+async def test_gpu_model_on_a_runtime_without_gpus_is_refused(node: Node) -> None:
+    node.adapter.gpu_capable = False
+    with pytest.raises(InvalidSpec, match="does not place models on GPUs"):
+        await add_gpu_models(node, "g1", size=1)
 
 
 async def test_full_processes_evict_the_least_recently_used(node: Node) -> None:

@@ -325,3 +325,19 @@ def test_a_real_tritonserver_serves_simple_string_from_the_layout(tmp_path: Path
             server.kill()
             server.wait()
         log.close()
+
+
+def test_place_on_gpu_rewrites_the_instance_group(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    folder = lay_out(repo, ModelSpec("ss", "builtin://simple-string", "triton", "simple-string"),
+                     None)
+    layout.place_on_gpu(folder, 1)
+    text = (folder / "config.pbtxt").read_text()
+    assert "kind: KIND_GPU count: 1 gpus: [ 1 ]" in text and "KIND_CPU" not in text
+
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"onnx")
+    folder = lay_out(repo, ModelSpec("o", str(onnx), "triton", "onnx"), onnx)
+    layout.place_on_gpu(folder, 0)
+    text = (folder / "config.pbtxt").read_text()
+    assert text.rstrip().endswith("instance_group [ { kind: KIND_GPU count: 1 gpus: [ 0 ] } ]")

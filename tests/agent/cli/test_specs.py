@@ -68,7 +68,7 @@ models:
         "  models[1]: id: must be a string, got int 123 (quote it in YAML)",
         "  models[2] (id 'a/b'): id: model id 'a/b' contains a path separator",
         "  models[3] (id 'c'): url: is not a field (fields: id, uri, type, runtime, "
-        "size_hint, labels, storage_key)",
+        "size_hint, labels, storage_key, gpu)",
         "  models[4] (id 'd'): uri: storage uri 'gs://x': scheme 'gs' is not supported "
         "(supported: builtin, file, http, https, s3, or an absolute path)",
         "  models[5] (id 'ok'): id: duplicate of models[0]",
