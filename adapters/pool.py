@@ -11,7 +11,8 @@ stopped as soon as its last model leaves, so an idle node shrinks back.
 
 Places are reserved at once, before the load finishes, so concurrent loads
 never overfill a process. The limits keep any single crash small: a process
-holds at most ``max_models`` models or ``max_bytes`` bytes (0: no limit).
+holds at most ``max_models`` models or ``max_bytes`` bytes (0: no limit); a
+model larger than ``max_bytes`` is refused (``ModelTooLarge``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from agent.errors import CapacityExhausted, RuntimeUnavailable
+from agent.errors import CapacityExhausted, ModelTooLarge, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class ProcessPool(Generic[P]):
             return None
         if lim.max_bytes:
             left = lim.max_bytes - slot.bytes - size
-            return left if left >= 0 or not slot.models else None
+            return left if left >= 0 else None
         return 0
 
     async def place(self, model_id: str, size: int) -> P:
@@ -127,6 +128,11 @@ class ProcessPool(Generic[P]):
         A process that is restarting (it died) and has room is waited for,
         once, up to ``restart_wait_s``, before a new one is started or
         ``PoolFull`` makes the loader evict."""
+        if self.limits.max_bytes and size > self.limits.max_bytes:
+            raise ModelTooLarge(
+                f"model {model_id!r} needs {size} bytes, more than one runtime process may "
+                f"hold ({self.limits.max_bytes} bytes, MESHLET_RUNTIME_PROCESS_MAX_BYTES)"
+            )
         waited = False
         while True:
             if self._closed:

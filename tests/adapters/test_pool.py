@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from adapters.pool import PoolFull, PoolLimits, ProcessPool
-from agent.errors import RuntimeUnavailable
+from agent.errors import ModelTooLarge, RuntimeUnavailable
 
 
 class Proc:
@@ -66,12 +66,14 @@ async def test_grows_when_full_then_refuses_at_the_maximum() -> None:
         await p.place("e", 1)
 
 
-async def test_a_model_bigger_than_a_process_gets_an_empty_one() -> None:
+async def test_a_model_bigger_than_a_process_is_refused() -> None:
     p, made = pool(min_processes=1, max_processes=2, max_bytes=10)
     await p.start()
     await p.place("small", 5)
-    await p.place("huge", 50)
-    assert p.process_of("huge") is made[1]
+    with pytest.raises(ModelTooLarge, match="'huge' needs 50 bytes, more than one runtime"):
+        await p.place("huge", 50)
+    await p.place("fits", 6)  # 5 + 6 > 10: a second process
+    assert p.process_of("fits") is made[1]
 
 
 async def test_concurrent_placements_start_one_process() -> None:

@@ -11,6 +11,7 @@ import signal
 from collections.abc import Callable
 
 import grpc
+import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
@@ -176,7 +177,7 @@ def test_models_pack_into_a_pool_of_runtime_processes(start_agent: StartAgent) -
     agent = start_agent(
         "--demo", "8",
         MESHLET_RUNTIME_PROCESSES_MIN="1", MESHLET_RUNTIME_PROCESSES_MAX="3",
-        MESHLET_RUNTIME_PROCESS_MAX_MODELS="2",
+        MESHLET_RUNTIME_PROCESS_MAX_MODELS="2", MESHLET_RUNTIME_PROCESS_MAX_BYTES=str(2**20),
     )  # fmt: skip
     assert len(runtime_pids(agent.pid)) == 1
     with triton.InferenceServerClient(agent.address) as client:
@@ -199,3 +200,13 @@ def test_models_pack_into_a_pool_of_runtime_processes(start_agent: StartAgent) -
         wait_for(lambda: len(runtime_pids(agent.pid)) == 1,
                  what="empty processes above the minimum stopped")
         check_sums(infer(client, "simple-string-7"))
+
+        mesh = MeshClient(agent.address)
+        mesh.register("huge", size_hint=2 * 2**20)  # more than one process may hold
+        mesh.close()
+        with pytest.raises(InferenceServerException) as raised:
+            infer(client, "huge")
+        assert str(raised.value.status()) == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "'huge' needs 2097152 bytes, more than one runtime process" in (
+            raised.value.message())
+        check_sums(infer(client, "simple-string-7"))  # and the node serves on
