@@ -36,6 +36,11 @@ GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 500),
+    # A loopback peer we supervise: no client-side retries (a dead runtime is
+    # restarted and its requests fail over), no retry bookkeeping per call.
+    ("grpc.enable_retries", 0),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
 ]
 _READY_CHECK_TIMEOUT_S = 1.0
 
