@@ -1,0 +1,1 @@
+"""Cluster membership, gossip and replication (not yet wired into the agent)."""
