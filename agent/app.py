@@ -1,11 +1,13 @@
 """Builds one agent from its settings and runs it; the only place parts meet.
 
 Start order: registry -> runtimes -> node cache -> resource monitor (its first
-sample sizes the default memory budget) -> loader/router/services -> gRPC and HTTP
-listeners -> demo registrations -> resumed vmodel transitions.
-Stop order (each step bounded): not ready -> stop accepting and drain in-flight
-requests (``shutdown_grace_s``) -> background work -> runtimes (SIGTERM,
-grace, SIGKILL) -> resource monitor -> HTTP -> registry -> node cache.
+sample sizes the default memory budget) -> loader/router/services -> gRPC and
+HTTP listeners -> cluster (peer port, membership, joining the seeds) -> demo
+registrations -> resumed vmodel transitions.
+Stop order (each step bounded): not ready -> leave the cluster -> stop
+accepting and drain in-flight requests (``shutdown_grace_s``) -> background
+work -> runtimes (SIGTERM, grace, SIGKILL) -> resource monitor -> HTTP ->
+registry -> node cache.
 ``stop`` is safe to call twice.
 """
 
@@ -35,6 +37,7 @@ from agent.api.node import SERVICE as NODE_SERVICE
 from agent.api.node import NodeService
 from agent.artifacts import ArtifactStore
 from agent.cache.node import NodeCache
+from agent.cluster.peer import ClusterNode
 from agent.config import Settings
 from agent.demo import demo_specs
 from agent.http import HttpServer
@@ -96,6 +99,8 @@ class Agent:
         self.cache: NodeCache | None = None
         self.artifacts: ArtifactStore | None = None
         self.monitor: ResourceMonitor | None = None
+        self.cluster: ClusterNode | None = None
+        self.peer_port = 0
         self.grpc_port = 0
         self.metrics_port = 0
         self._ready = False
@@ -163,6 +168,7 @@ class Agent:
             await self._http.start()
             self.metrics_port = self._http.port
 
+        await self._start_cluster()
         if s.demo_models:
             written = await self._models.register_many(
                 demo_specs(s.demo_models, s.demo_runtime)
@@ -228,6 +234,21 @@ class Agent:
             ),
         )
 
+    async def _start_cluster(self) -> None:
+        s = self.settings
+        keys = s.resolved_cluster_keys()
+        if not keys:
+            log.info("cluster: off (no MESHLET_CLUSTER_KEYS / MESHLET_CLUSTER_KEY_FILE): "
+                     "this node runs alone")
+            return
+        advertise = s.resolved_advertise_host()
+        self.cluster = ClusterNode(
+            s.peer_host, s.peer_port, advertise, keys, s.peers,
+            grpc_address=f"{advertise}:{self.grpc_port}",
+        )
+        await self.cluster.start()
+        self.peer_port = self.cluster.port
+
     async def _start_grpc(self, router: Router) -> None:
         s = self.settings
         assert self.registry is not None and self._models is not None
@@ -252,7 +273,7 @@ class Agent:
         meshlet_pb2_grpc.add_NodeServicer_to_server(
             NodeService(self.node_name, self.inventory, self.adapters,
                         lambda: loader.budget_bytes, self.monitor, self.runtime_states,
-                        self.registry),
+                        self.registry, lambda: self.cluster),
             server,
         )
         self._health = HealthServicer()
@@ -277,6 +298,8 @@ class Agent:
         grace = self.settings.shutdown_grace_s
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self.cluster is not None:
+            await self.cluster.stop()  # peers see LEFT at once
         if self._grpc is not None:
             log.info("stopping: draining in-flight requests (up to %.1f s)", grace)
             await self._grpc.stop(grace)

@@ -8,6 +8,7 @@ Every interval, timeout and grace period is here so tests can shrink them.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import platformdirs
@@ -41,6 +42,21 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest inference request accepted."
+    )
+
+    # --- cluster ------------------------------------------------------------
+    peer_host: str = Field("0.0.0.0", description="Address the peer port binds.")
+    peer_port: int = Field(8034, ge=0, le=65535, description="Peer port (gossip); 0 picks one.")
+    peer_advertise_host: str = Field(
+        "", description="Host peers reach this node at; default: the peer host, or this "
+        "machine's address when that is 0.0.0.0."
+    )
+    peers: list[str] = Field([], description="Seed peers, host:port each.")
+    cluster_keys: list[str] = Field(
+        [], description="Shared cluster secrets (the first signs); none: the node runs alone."
+    )
+    cluster_key_file: Path | None = Field(
+        None, description="File with one cluster secret per line (a mounted Secret)."
     )
 
     # --- memory budget -----------------------------------------------------
@@ -157,6 +173,21 @@ class Settings(BaseSettings):
         root.mkdir(parents=True, exist_ok=True)
         free = psutil.disk_usage(str(root)).free
         return int((free + cache_used_bytes) * self.cache_quota_fraction)
+
+    def resolved_cluster_keys(self) -> list[bytes]:
+        """The cluster secrets: the file's lines, then ``cluster_keys``."""
+        keys = list(self.cluster_keys)
+        if self.cluster_key_file is not None:
+            lines = self.cluster_key_file.read_text().splitlines()
+            keys = [line.strip() for line in lines if line.strip()] + keys
+        return [k.encode() for k in keys]
+
+    def resolved_advertise_host(self) -> str:
+        if self.peer_advertise_host:
+            return self.peer_advertise_host
+        if self.peer_host not in ("0.0.0.0", "::", ""):
+            return self.peer_host
+        return socket.gethostbyname(socket.gethostname())
 
     def runtime_options(self, kind: str) -> RuntimeOptions:
         return RuntimeOptions(

@@ -57,6 +57,7 @@ class AgentProcess:
             "--data-dir", str(self.data_dir),
             "--grpc-host", "127.0.0.1", "--grpc-port", "0",
             "--metrics-host", "127.0.0.1", "--metrics-port", "0",
+            "--peer-port", "0",
             "--ready-file", str(self.ready_file),
             *self.args,
         ]

@@ -9,6 +9,7 @@ from typing import Any
 
 from adapters.base import RuntimeAdapter
 from agent.api.status import Context, grpc_errors
+from agent.cluster.peer import ClusterNode
 from agent.errors import ModelNotFound
 from agent.inventory import Inventory
 from agent.proto import meshlet_pb2 as pb
@@ -30,8 +31,10 @@ class NodeService(pb_grpc.NodeServicer):
         monitor: ResourceMonitor,
         runtime_states: Callable[[], dict[str, str]],
         registry: ModelRegistry,
+        cluster: Callable[[], ClusterNode | None] = lambda: None,
     ) -> None:
         self._registry = registry
+        self._cluster = cluster
         self._node = node_name
         self._inventory = inventory
         self._adapters = adapters
@@ -74,6 +77,22 @@ class NodeService(pb_grpc.NodeServicer):
                 model_id=model.spec.model_id, runtime=model.spec.runtime,
                 size_bytes=model.size_bytes, in_flight=model.in_flight,
             )
+        return response
+
+    @grpc_errors
+    async def Members(self, request: pb.MembersRequest, context: Context) -> Any:
+        response = pb.MembersResponse()
+        cluster = self._cluster()
+        if cluster is None or cluster.membership is None:
+            return response
+        for member in cluster.members():
+            response.members.add(
+                address=member.address, state=member.state.name,
+                incarnation=member.incarnation, grpc_address=member.meta.get("grpc", ""),
+                self=member.address == cluster.address,
+            )
+        for reason, count in cluster.membership.drop_counts().items():
+            response.dropped[reason] = count
         return response
 
     @grpc_errors

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from agent.cli import cache, infer, model, node, serve, vmodel
+from agent.cli import cache, cluster, infer, model, node, serve, vmodel
 from agent.cli.args import setup_logging
 from agent.cli.errors import EXIT_ERROR, EXIT_OK, CliError
 
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_parser(commands)
     cache.add_parser(commands)
     node.add_parser(commands)
+    cluster.add_parser(commands)
     return parser
 
 

@@ -38,12 +38,15 @@ FLAGS: dict[str, tuple[str, Any]] = {
     "--cache-dir": ("cache_dir", Path),
     "--cache-quota": ("cache_quota_bytes", size_type),
     "--storage-config-dir": ("storage_config_dir", Path),
+    "--peer-port": ("peer_port", int),
+    "--peers": ("peers", lambda text: [p.strip() for p in text.split(",") if p.strip()]),
     "--demo": ("demo_models", int),
 }
 METAVARS = {
     "--data-dir": "DIR", "--grpc-host": "HOST", "--grpc-port": "PORT",
     "--metrics-host": "HOST", "--metrics-port": "PORT", "--memory-budget": "SIZE", "--demo": "N",
     "--cache-dir": "DIR", "--cache-quota": "SIZE", "--storage-config-dir": "DIR",
+    "--peer-port": "PORT", "--peers": "HOST:PORT,...",
 }
 
 
@@ -69,7 +72,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--ready-file", type=Path, metavar="FILE",
-        help="once serving, write JSON {pid, grpc_port, metrics_port} here "
+        help="once serving, write JSON {pid, grpc_port, metrics_port, peer_port} here "
              "(atomically), so a caller that asked for port 0 finds the ports "
              "(default: none)",
     )
@@ -110,7 +113,8 @@ def describe_validation_error(err: ValidationError) -> str:
 
 
 class ReadyFile:
-    """``{"pid", "grpc_port", "metrics_port"}`` at ``path``, written atomically so a
+    """``{"pid", "grpc_port", "metrics_port", "peer_port"}`` at ``path`` (peer_port 0:
+    no cluster), written atomically so a
     reader never sees half of it; removed again when the agent stops."""
 
     def __init__(self, path: Path) -> None:
@@ -119,7 +123,7 @@ class ReadyFile:
 
     def write(self, agent: Agent) -> None:
         info = {"pid": os.getpid(), "grpc_port": agent.grpc_port,
-                "metrics_port": agent.metrics_port}
+                "metrics_port": agent.metrics_port, "peer_port": agent.peer_port}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:

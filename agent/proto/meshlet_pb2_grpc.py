@@ -123,6 +123,11 @@ class NodeStub:
                 request_serializer=meshlet__pb2.ModelSizeRequest.SerializeToString,
                 response_deserializer=meshlet__pb2.ModelSizeResponse.FromString,
                 _registered_method=True)
+        self.Members = channel.unary_unary(
+                '/meshlet.v1.Node/Members',
+                request_serializer=meshlet__pb2.MembersRequest.SerializeToString,
+                response_deserializer=meshlet__pb2.MembersResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -143,6 +148,13 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Members(self, request, context):
+        """The cluster members this node knows, itself included (empty: no cluster).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +167,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.ModelSize,
                     request_deserializer=meshlet__pb2.ModelSizeRequest.FromString,
                     response_serializer=meshlet__pb2.ModelSizeResponse.SerializeToString,
+            ),
+            'Members': grpc.unary_unary_rpc_method_handler(
+                    servicer.Members,
+                    request_deserializer=meshlet__pb2.MembersRequest.FromString,
+                    response_serializer=meshlet__pb2.MembersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -212,6 +229,33 @@ class Node:
             '/meshlet.v1.Node/ModelSize',
             meshlet__pb2.ModelSizeRequest.SerializeToString,
             meshlet__pb2.ModelSizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Members(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshlet.v1.Node/Members',
+            meshlet__pb2.MembersRequest.SerializeToString,
+            meshlet__pb2.MembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,9 +85,9 @@ def test_ready_file_is_written_whole_and_removed(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "ready.json"
     ready = ReadyFile(path)
     ready.remove()  # nothing written yet: nothing to remove
-    ready.write(SimpleNamespace(grpc_port=1234, metrics_port=5678))  # type: ignore[arg-type]
+    ready.write(SimpleNamespace(grpc_port=1234, metrics_port=5678, peer_port=0))  # type: ignore[arg-type]
     assert json.loads(path.read_text()) == {
-        "pid": os.getpid(), "grpc_port": 1234, "metrics_port": 5678
+        "pid": os.getpid(), "grpc_port": 1234, "metrics_port": 5678, "peer_port": 0
     }
     assert [p.name for p in path.parent.iterdir()] == ["ready.json"], "no temp file left"
     ready.remove()

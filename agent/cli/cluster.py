@@ -1,0 +1,47 @@
+"""``meshlet cluster``: the members an agent knows (``meshlet.v1.Node/Members``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from agent.cli.args import add_command
+from agent.cli.client import Client, add_address_argument
+from agent.proto import meshlet_pb2 as pb
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = add_command(
+        subparsers, "cluster", "list the cluster's members as this agent sees them",
+        "List every member of the cluster this agent knows, itself marked with *:\n"
+        "peer address, state (ALIVE, SUSPECT, DEAD, LEFT), incarnation and the\n"
+        "address it serves inference on; then the peer messages it dropped (bad\n"
+        "key, malformed, spoofed sender) by reason. An agent with no cluster keys\n"
+        "runs alone and lists nothing.",
+        "  meshlet cluster\n"
+        "  meshlet cluster --address 10.0.0.7:8033",
+    )
+    add_address_argument(parser)
+    parser.set_defaults(run=show_cluster)
+
+
+def render(response: pb.MembersResponse) -> list[str]:
+    if not response.members:
+        return ["no cluster: this agent runs alone (no MESHLET_CLUSTER_KEYS)"]
+    lines = [f"  {'PEER':<24} {'STATE':<8} {'INC':>5}  GRPC"]
+    for m in response.members:
+        mark = "*" if m.self else " "
+        lines.append(f"{mark} {m.address:<24} {m.state:<8} {m.incarnation:>5}  {m.grpc_address}")
+    alive = sum(1 for m in response.members if m.state == "ALIVE")
+    lines.append(f"{len(response.members)} members, {alive} alive")
+    if response.dropped:
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(response.dropped.items()))
+        lines.append(f"dropped peer messages: {drops}")
+    return lines
+
+
+async def show_cluster(args: argparse.Namespace) -> int:
+    async with Client(args.address) as client:
+        response = await client.node.Members(pb.MembersRequest())
+    print("\n".join(render(response)))
+    return 0
