@@ -261,12 +261,9 @@ def test_laying_out_again_replaces_and_remove_keeps_the_artifact(tmp_path: Path)
 def test_a_real_tritonserver_serves_simple_string_from_the_layout(tmp_path: Path) -> None:
     """End to end through Triton's Python backend: the same request and answer
     as MLServer's simple-string, and an error response for a malformed one."""
-    from adapters.triton.install import TritonMissing, find_triton
+    from adapters.triton.install import find_triton
 
-    try:
-        found = find_triton(None, None, tmp_path)
-    except TritonMissing as err:
-        pytest.skip(str(err))
+    found = find_triton(None, None, tmp_path)  # ./scripts/test installs meshlet[triton]
     import tritonclient.grpc as triton
     from tritonclient.utils import InferenceServerException
 

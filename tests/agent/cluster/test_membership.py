@@ -98,7 +98,7 @@ def test_cluster_converges_to_all_alive_and_stays_so(n: int) -> None:
         took = await wait_for(cluster.all_alive, deadline_s=10.0)
         for node in cluster.nodes:
             node.on_change(lambda member, _previous: changes.append(member))
-        await asyncio.sleep(10.0)  # virtual: ten quiet seconds
+        await asyncio.sleep(10.0)  # poll window, virtual time: ten quiet seconds, no change
         assert cluster.all_alive()
         assert changes == [], "no suspicion without faults"
         assert took < 5.0
@@ -302,7 +302,7 @@ def test_rotated_node_accepts_messages_signed_with_the_old_key() -> None:
         cluster = Cluster(4, seed=7, keys=keys)
         await cluster.start()
         await wait_for(cluster.all_alive, deadline_s=10.0)
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(3.0)  # poll window, virtual time: three seconds of probing
         assert cluster.all_alive()
         assert all(not n.drop_counts() for n in cluster.nodes)
 

@@ -24,7 +24,7 @@ from agent.resources import NoGpu, ResourceMonitor, ScriptedGpus
 def main() -> None:
     samples = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     n_children = int(sys.argv[2]) if len(sys.argv) > 2 else 8
-    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    sleeper = [sys.executable, "-c", "import signal; signal.pause()"]
     children = [subprocess.Popen(sleeper) for _ in range(n_children)]
     try:
         gpus = ScriptedGpus()

@@ -23,13 +23,13 @@ MIB = 1 << 20
 # A parent that starts one child holding 64 MiB, then prints the child's pid.
 PARENT = textwrap.dedent(
     """
-    import subprocess, sys, time
+    import signal, subprocess, sys
     child = subprocess.Popen([sys.executable, "-c",
-        "import sys, time; b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096]);"
-        " print('ready', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+        "import signal; b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096]);"
+        " print('ready', flush=True); signal.pause()"], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "ready"
     print(child.pid, flush=True)
-    time.sleep(120)
+    signal.pause()  # until the test kills us
     """
 )
 
@@ -39,7 +39,7 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(0.01)  # poll
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ async def wait_until(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # poll
 
 
 async def test_loop_samples_until_stopped(tmp_path: Path) -> None:
