@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -14,6 +13,7 @@ from aiohttp import web
 from agent.errors import LoadFailed
 from agent.storage import ArtifactTooLarge, DiskFull, HttpOptions, HttpPuller
 from agent.storage import http as http_module
+from tests.agent.storage.disk import filling_disk
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB
 FAST = HttpOptions(
@@ -174,26 +174,8 @@ async def test_secrets_in_the_uri_stay_out_of_messages(server: Server, tmp_path:
 async def test_full_disk_removes_the_partial_file(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_open_new = http_module.open_new
-
-    class FillsUp:
-        """A file that takes 2 KiB, then fails as a full disk does."""
-
-        def __init__(self, path: Path) -> None:
-            self.file = real_open_new(path)
-
-        def write(self, data: bytes) -> int:
-            if self.file.tell() >= 2048:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.file.write(data)
-
-        def __enter__(self) -> FillsUp:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.file.close()
-
-    monkeypatch.setattr(http_module, "open_new", FillsUp)
+    # Each file takes 2 KiB, then fails as a full disk does.
+    monkeypatch.setattr(http_module, "open_new", filling_disk(http_module.open_new, 2048))
     dest = fresh(tmp_path)
     with pytest.raises(DiskFull, match=f"no space left on device under {dest} while pulling"):
         await HttpPuller(FAST).pull(f"{server.base}/files/model.bin", dest, 1 << 20)

@@ -3,7 +3,6 @@ shares (full disk, secrets kept out of messages)."""
 
 from __future__ import annotations
 
-import errno
 import json
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from agent.storage import (
 from agent.storage import local as local_module
 from agent.storage.base import safe_relpath
 from agent.storage.s3 import store_answer
+from tests.agent.storage.disk import filling_disk
 
 
 @pytest.mark.parametrize(
@@ -110,26 +110,9 @@ async def test_full_disk_during_a_file_copy(
     src.mkdir()
     (src / "a.bin").write_bytes(b"a" * 100)
     (src / "b.bin").write_bytes(b"b" * (3 << 20))
-    real_open_new = local_module.open_new
     opened: list[Path] = []
-
-    class FillsUp:
-        def __init__(self, path: Path) -> None:
-            opened.append(path)
-            self.file = real_open_new(path)
-
-        def write(self, data: bytes) -> int:
-            if self.file.tell() >= 1 << 20:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.file.write(data)
-
-        def __enter__(self) -> FillsUp:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.file.close()
-
-    monkeypatch.setattr(local_module, "open_new", FillsUp)
+    monkeypatch.setattr(local_module, "open_new",
+                        filling_disk(local_module.open_new, 1 << 20, opened))
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "keep.txt").write_text("the caller's")
