@@ -108,11 +108,13 @@ class RuntimeAdapter(abc.ABC):
 
     @abc.abstractmethod
     async def load(
-        self, spec: ModelSpec, artifact: Path | None, gpu: int | None = None
+        self, spec: ModelSpec, artifact: Path | None, gpu: int | None = None,
+        size_bytes: int = 0,
     ) -> int | None:
         """Load (on GPU ``gpu``, NVML's index, when given) and return the bytes
         the model was measured to take, or None when the runtime cannot tell
-        (the predicted size stands)."""
+        (the predicted size stands). ``size_bytes`` is what the loader accounts
+        for the model until then (last measured, else predicted; 0: unknown)."""
 
     @abc.abstractmethod
     async def unload(self, model_id: str) -> None: ...

@@ -179,7 +179,7 @@ class Loader:
             self._gpu_reserved[gpu] = self._gpu_reserved.get(gpu, 0) + size
         path = artifact.path if artifact else None
         try:
-            measured = await self._load_with_room(adapter, spec, path, gpu)
+            measured = await self._load_with_room(adapter, spec, path, gpu, size)
         except TimeoutError:
             raise LoadFailed(
                 f"model {spec.model_id!r}: load timed out after {self._load_timeout_s} s"
@@ -240,14 +240,15 @@ class Loader:
         return plan.gpu
 
     async def _load_with_room(
-        self, adapter: RuntimeAdapter, spec: ModelSpec, path: Path | None, gpu: int | None
+        self, adapter: RuntimeAdapter, spec: ModelSpec, path: Path | None, gpu: int | None,
+        size: int,
     ) -> int | None:
         """Load; while the runtime's processes are all full, unload that
         runtime's least recently used idle model and try again."""
         while True:
             try:
                 return await asyncio.wait_for(
-                    adapter.load(spec, path, gpu=gpu), self._load_timeout_s
+                    adapter.load(spec, path, gpu=gpu, size_bytes=size), self._load_timeout_s
                 )
             except PoolFull:
                 victim = next(

@@ -48,7 +48,8 @@ class FakeAdapter(RuntimeAdapter):
         return spec.size_hint or self.size
 
     async def load(
-        self, spec: ModelSpec, artifact: Path | None, gpu: int | None = None
+        self, spec: ModelSpec, artifact: Path | None, gpu: int | None = None,
+        size_bytes: int = 0,
     ) -> int | None:
         self.load_calls.append(spec.model_id)
         self.gpus[spec.model_id] = gpu

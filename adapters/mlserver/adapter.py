@@ -30,14 +30,6 @@ from agent.registry.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 
-def artifact_size(artifact: Path | None) -> int:
-    """Bytes of the files at ``artifact`` (0 for none)."""
-    if artifact is None:
-        return 0
-    if artifact.is_file():
-        return artifact.stat().st_size
-    return sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file())
-
 # sockaddr_un.sun_path is 108 bytes with its NUL; past that bind() fails.
 MAX_SOCKET_PATH_BYTES = 100
 
@@ -144,11 +136,14 @@ class MLServerAdapter(RuntimeAdapter):
         return model_settings.predict_size(spec, artifact_bytes)
 
     async def load(
-        self, spec: ModelSpec, artifact: Path | None, gpu: int | None = None
+        self, spec: ModelSpec, artifact: Path | None, gpu: int | None = None,
+        size_bytes: int = 0,
     ) -> int | None:
         if gpu is not None:
             raise LoadFailed(f"model {spec.model_id!r}: mlserver does not place models on GPUs")
-        size = model_settings.predict_size(spec, artifact_size(artifact))
+        # The loader's figure (measured or predicted); the prediction without files
+        # when called directly.
+        size = size_bytes or model_settings.predict_size(spec, 0)
         process = await self._pool.place(spec.model_id, size)
         try:
             folder = model_settings.write_model_settings(self._repository, spec, artifact)

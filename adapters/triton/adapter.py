@@ -29,8 +29,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import psutil
-
 from adapters.base import ModelsLostListener, RuntimeAdapter, RuntimeOptions, RuntimeProcessInfo
 from adapters.runtime_process import RuntimeProcess
 from adapters.triton import layout
@@ -38,6 +36,7 @@ from adapters.triton.install import TritonInstall, TritonMissing, find_triton
 from adapters.triton.process import TritonProcess
 from agent.errors import Code, RuntimeRequestFailed, RuntimeUnavailable
 from agent.registry.spec import ModelSpec
+from agent.resources.monitor import process_usage
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +50,8 @@ DISK_SIZE_FACTOR = 1.25
 
 def tree_rss(pid: int) -> int:
     """RSS of a process and all its descendants, in bytes (0 if it is gone)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            continue  # exited while we looked
-    return total
+    usage = process_usage([pid]).get(pid)
+    return usage.rss_bytes if usage is not None else 0
 
 
 class TritonAdapter(RuntimeAdapter):
@@ -171,7 +160,8 @@ class TritonAdapter(RuntimeAdapter):
         return process
 
     async def load(
-        self, spec: ModelSpec, artifact: Path | None, gpu: int | None = None
+        self, spec: ModelSpec, artifact: Path | None, gpu: int | None = None,
+        size_bytes: int = 0,
     ) -> int | None:
         process = self._running()
         folder = await asyncio.to_thread(layout.lay_out, self._repository, spec, artifact)

@@ -18,6 +18,7 @@ from agent.cache.errors import CacheFull
 from agent.cache.node import NodeCache
 from agent.cli.args import SIZE_HELP, add_command, add_group, size_type
 from agent.cli.errors import CliError, UsageError
+from agent.cli.render import human_bytes
 from agent.config import Settings
 
 
@@ -87,12 +88,6 @@ def _open(args: argparse.Namespace) -> NodeCache:
     return NodeCache(root, settings.cache_quota_bytes or 1 << 62, owner="meshlet-cli")
 
 
-def _mib(n: int) -> str:
-    if n < 2**20:
-        return f"{n / 2**10:.1f} KiB"
-    return f"{n / 2**20:.1f} MiB"
-
-
 def list_cache(args: argparse.Namespace) -> int:
     cache = _open(args)
     try:
@@ -104,8 +99,8 @@ def list_cache(args: argparse.Namespace) -> int:
               f"{'LAST USE':<19}  KEY\n")
     for info in rows:
         used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.last_used_ns / 1e9))
-        out.write(f"{info.digest[:12]:<14} {_mib(info.size_bytes):>12} "
-                  f"{_mib(info.compressed_bytes):>12} {info.pins:>4}  {used:<19}  "
+        out.write(f"{info.digest[:12]:<14} {human_bytes(info.size_bytes):>12} "
+                  f"{human_bytes(info.compressed_bytes):>12} {info.pins:>4}  {used:<19}  "
                   f"{info.key or '-'}\n")
     out.write(f"{len(rows)} entries\n")
     return 0
@@ -118,10 +113,10 @@ def show_stats(args: argparse.Namespace) -> int:
     finally:
         cache.close()
     ratio = st.size_bytes / st.used_bytes if st.used_bytes else 0.0
-    quota = _mib(st.quota_bytes) if st.quota_bytes < 1 << 62 else "(the agent's setting)"
+    quota = human_bytes(st.quota_bytes) if st.quota_bytes < 1 << 62 else "(the agent's setting)"
     print(f"directory:  {cache.root}")
     print(f"quota:      {quota}")
-    print(f"used:       {_mib(st.used_bytes)} compressed, {_mib(st.size_bytes)} "
+    print(f"used:       {human_bytes(st.used_bytes)} compressed, {human_bytes(st.size_bytes)} "
           f"uncompressed (ratio {ratio:.2f})")
     print(f"blobs:      {st.blobs} ({st.pinned_blobs} pinned by loaded models)")
     print(f"keys:       {st.keys}")
@@ -148,9 +143,9 @@ def prune_cache(args: argparse.Namespace) -> int:
         cache.close()
     print(f"removed {result.temps} dead temp files, {result.orphan_files} orphan blob "
           f"files, {result.missing_rows} rows of missing blobs, {result.unreferenced} "
-          f"unreferenced blobs ({_mib(result.freed_bytes)} freed)")
+          f"unreferenced blobs ({human_bytes(result.freed_bytes)} freed)")
     if args.max_bytes is not None:
-        print(f"evicted {evicted} least-recently-used blobs; {_mib(used)} in use")
+        print(f"evicted {evicted} least-recently-used blobs; {human_bytes(used)} in use")
         if still_pinned:
-            print(f"{_mib(used)} stay: pinned by models loaded now", file=sys.stderr)
+            print(f"{human_bytes(used)} stay: pinned by models loaded now", file=sys.stderr)
     return 0
