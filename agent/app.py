@@ -37,7 +37,8 @@ from agent.api.node import SERVICE as NODE_SERVICE
 from agent.api.node import NodeService
 from agent.artifacts import ArtifactStore
 from agent.cache.node import NodeCache
-from agent.cluster.peer import ClusterNode
+from agent.cluster.peer import ClusterNode, LocalNode
+from agent.cluster.routing import NodeSummary
 from agent.config import Settings
 from agent.demo import demo_specs
 from agent.http import HttpServer
@@ -100,6 +101,7 @@ class Agent:
         self.artifacts: ArtifactStore | None = None
         self.monitor: ResourceMonitor | None = None
         self.cluster: ClusterNode | None = None
+        self.router: Router | None = None
         self.peer_port = 0
         self.grpc_port = 0
         self.metrics_port = 0
@@ -155,6 +157,7 @@ class Agent:
         )
         self._vmodels = VModels(self.registry, self._models, s.vmodel_retry_interval_s)
         router = Router(self.registry, self.inventory, self._models, self._vmodels)
+        self.router = router
         self.metrics.bind(
             lambda: len(self.inventory),
             lambda: self.inventory.used_bytes,
@@ -242,12 +245,38 @@ class Agent:
                      "this node runs alone")
             return
         advertise = s.resolved_advertise_host()
+        assert self.registry is not None and self.router is not None
         self.cluster = ClusterNode(
-            s.peer_host, s.peer_port, advertise, keys, s.peers,
-            grpc_address=f"{advertise}:{self.grpc_port}",
+            s.cluster_config(advertise, f"{advertise}:{self.grpc_port}"),
+            LocalNode(self.registry, self.models.apply_remote, self.inventory,
+                      self._summary, self.router.serve_forwarded,
+                      self.models.load_in_background, self.models.unload),
         )
         await self.cluster.start()
+        self.router.peers = self.cluster.routing
+        if self.cluster.copies is not None:
+            self.router.on_served = self.cluster.copies.record
         self.peer_port = self.cluster.port
+
+    def _peer_copies(self, model_id: str) -> list[str]:
+        routing = self.cluster.routing if self.cluster is not None else None
+        return routing.copies(model_id) if routing is not None else []
+
+    def _summary(self) -> NodeSummary:
+        """What peers need to route and place here (gossiped)."""
+        assert self.loader is not None and self.router is not None
+        loader = self.loader
+        latest = self.monitor.latest if self.monitor is not None else None
+        gpus = latest.gpus if latest is not None else ()
+        return NodeSummary(
+            grpc=f"{self.settings.resolved_advertise_host()}:{self.grpc_port}",
+            free_bytes=max(0, loader.budget_bytes - self.inventory.used_bytes),
+            kinds=tuple(k for k, a in self.adapters.items() if a.available),
+            gpu_free_bytes=max((g.free_bytes for g in gpus), default=0),
+            in_flight=self.router.in_flight,
+            draining=self.router.draining,
+            models=len(self.inventory),
+        )
 
     async def _start_grpc(self, router: Router) -> None:
         s = self.settings
@@ -265,7 +294,8 @@ class Agent:
         )
         server.add_generic_rpc_handlers([inference.handler()])
         model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(
-            ModelMeshService(self._models, self._vmodels, self.node_name), server
+            ModelMeshService(self._models, self._vmodels, self.node_name, self._peer_copies),
+            server
         )
         meshlet_pb2_grpc.add_CacheServicer_to_server(CacheService(self._models), server)
         assert self.loader is not None and self.monitor is not None
@@ -299,10 +329,17 @@ class Agent:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self.cluster is not None:
-            await self.cluster.stop()  # peers see LEFT at once
-        if self._grpc is not None:
-            log.info("stopping: draining in-flight requests (up to %.1f s)", grace)
-            await self._grpc.stop(grace)
+            if self.router is not None:
+                self.router.draining = True
+            log.info("stopping: handing recently used models to peers (up to %.1f s)",
+                     self.settings.drain_timeout_s)
+            await self.cluster.drain()
+            await self.cluster.leave()  # peers see LEFT at once
+        log.info("stopping: draining in-flight requests (up to %.1f s)", grace)
+        await asyncio.gather(
+            *([self._grpc.stop(grace)] if self._grpc is not None else []),
+            *([self.cluster.stop()] if self.cluster is not None else []),
+        )
         if self._vmodels is not None:
             await self._vmodels.stop()
         if self._models is not None:

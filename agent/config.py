@@ -18,6 +18,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters.base import RuntimeOptions
 from adapters.pool import PoolLimits
+from agent.cluster.copies import CopySettings
+from agent.cluster.gossip import GossipSettings
+from agent.cluster.membership import MembershipSettings
+from agent.cluster.peer import ClusterConfig
+from agent.cluster.tls import PeerTls
 
 
 def default_data_dir() -> Path:
@@ -57,6 +62,61 @@ class Settings(BaseSettings):
     )
     cluster_key_file: Path | None = Field(
         None, description="File with one cluster secret per line (a mounted Secret)."
+    )
+    peers_dns: str = Field(
+        "", description="DNS name whose A/AAAA records are seed peers (a headless Service); "
+        "resolved again on every join round, at the peer port."
+    )
+    peer_tls_cert: Path | None = Field(None, description="Peer-port TLS certificate (PEM).")
+    peer_tls_key: Path | None = Field(None, description="Peer-port TLS private key (PEM).")
+    peer_tls_ca: Path | None = Field(
+        None, description="CA (PEM) peers' certificates must chain to; TLS is mutual."
+    )
+    cluster_probe_interval_s: float = Field(
+        0.2, gt=0, description="How often a node probes one member (failure detection)."
+    )
+    cluster_probe_timeout_s: float = Field(0.1, gt=0, description="Direct probe timeout.")
+    cluster_suspicion_timeout_s: float = Field(
+        1.0, gt=0, description="How long a member stays suspect before it is declared dead."
+    )
+    cluster_sync_interval_s: float = Field(
+        10.0, gt=0, description="Full membership push-pull with a random member, this often."
+    )
+    cluster_dead_member_gc_s: float = Field(
+        600.0, gt=0, description="How long a dead or departed member is remembered."
+    )
+    gossip_interval_s: float = Field(
+        0.5, gt=0, description="How often node states (inventories, free room) are exchanged."
+    )
+    gossip_fanout: int = Field(2, ge=1, description="Members per node-state gossip round.")
+    registry_sync_interval_s: float = Field(
+        5.0, gt=0, description="Registry anti-entropy (bucket digests) with a random member."
+    )
+    forward_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for a peer to answer a forwarded request "
+        "(covers a load there)."
+    )
+    forward_max_hops: int = Field(
+        2, ge=1, le=8, description="Times a request may be forwarded between nodes."
+    )
+    copy_rate_threshold: float = Field(
+        50.0, gt=0, description="Requests/s per copy above which a model gets another copy "
+        "on another node."
+    )
+    copy_max: int = Field(4, ge=1, description="Most copies of one model in the cluster.")
+    copy_idle_s: float = Field(
+        300.0, gt=0, description="An extra copy unused this long is dropped (never the last)."
+    )
+    copy_recent_s: float = Field(
+        60.0, ge=0, description="A model used within this long keeps a second copy on another "
+        "node, so one node's loss does not cold-start it; 0 turns that off."
+    )
+    copy_check_interval_s: float = Field(
+        2.0, gt=0, description="How often request rates and copies are looked at."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, longest wait for peers to load copies of this "
+        "node's recently used models before leaving."
     )
 
     # --- memory budget -----------------------------------------------------
@@ -181,6 +241,37 @@ class Settings(BaseSettings):
             lines = self.cluster_key_file.read_text().splitlines()
             keys = [line.strip() for line in lines if line.strip()] + keys
         return [k.encode() for k in keys]
+
+    def cluster_config(self, advertise_host: str, grpc_address: str) -> ClusterConfig:
+        """The cluster's settings (``agent.cluster.peer``)."""
+        return ClusterConfig(
+            host=self.peer_host, port=self.peer_port, advertise_host=advertise_host,
+            keys=self.resolved_cluster_keys(), grpc_address=grpc_address,
+            seeds=self.peers, seeds_dns=self.peers_dns, seeds_dns_port=self.peer_port or 8034,
+            tls=PeerTls.from_paths(self.peer_tls_cert, self.peer_tls_key, self.peer_tls_ca),
+            membership=MembershipSettings(
+                probe_interval_s=self.cluster_probe_interval_s,
+                probe_timeout_s=self.cluster_probe_timeout_s,
+                indirect_timeout_s=2 * self.cluster_probe_timeout_s,
+                suspicion_timeout_s=self.cluster_suspicion_timeout_s,
+                sync_interval_s=self.cluster_sync_interval_s,
+                dead_member_gc_s=self.cluster_dead_member_gc_s,
+            ),
+            gossip=GossipSettings(
+                interval_s=self.gossip_interval_s, fanout=self.gossip_fanout,
+                registry_sync_interval_s=self.registry_sync_interval_s,
+            ),
+            max_request_bytes=self.max_request_bytes,
+            forward_timeout_s=self.forward_timeout_s,
+            max_hops=self.forward_max_hops,
+            grace_s=self.shutdown_grace_s,
+            copies=CopySettings(
+                rate_threshold=self.copy_rate_threshold, max_copies=self.copy_max,
+                idle_s=self.copy_idle_s, recent_s=self.copy_recent_s,
+                check_interval_s=self.copy_check_interval_s,
+            ),
+            drain_timeout_s=self.drain_timeout_s,
+        )
 
     def resolved_advertise_host(self) -> str:
         if self.peer_advertise_host:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from adapters.base import RuntimeAdapter
@@ -30,10 +30,23 @@ class LoadedModel:
     gpu: int | None = None  # the GPU (NVML index) it was placed on
 
 
+InventoryListener = Callable[[str, "LoadedModel | None"], None]
+"""``listener(model_id, model)``: a model was added (``model``) or removed (``None``)."""
+
+
 class Inventory:
     def __init__(self) -> None:
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self.used_bytes = 0
+        self._listeners: list[InventoryListener] = []
+
+    def on_change(self, listener: InventoryListener) -> None:
+        """Call ``listener`` on every add and remove (the cluster gossips them)."""
+        self._listeners.append(listener)
+
+    def _changed(self, model_id: str, model: LoadedModel | None) -> None:
+        for listener in self._listeners:
+            listener(model_id, model)
 
     def __len__(self) -> int:
         return len(self._models)
@@ -53,11 +66,13 @@ class Inventory:
             self.used_bytes -= old.size_bytes
         self._models[model.spec.model_id] = model
         self.used_bytes += model.size_bytes
+        self._changed(model.spec.model_id, model)
 
     def remove(self, model_id: str) -> LoadedModel | None:
         model = self._models.pop(model_id, None)
         if model is not None:
             self.used_bytes -= model.size_bytes
+            self._changed(model_id, None)
         return model
 
     def remove_many(self, model_ids: Iterable[str]) -> list[LoadedModel]:

@@ -101,6 +101,23 @@ class ModelService:
         self._loader.failures.pop(model_id, None)
         return existed
 
+    async def apply_remote(self, model_id: str, spec: ModelSpec | None, auto_delete: bool) -> None:
+        """A registry write from a peer (``agent.cluster.registry_sync``): stored
+        without being replicated again, and a model whose spec changed or that
+        was deleted is unloaded here. Not checked against this node's runtimes:
+        the registry is cluster-wide, and placement picks a node that can load it."""
+        if spec is None:
+            existed = self._registry.delete(model_id, notify=False)
+            if existed or model_id in self._inventory:
+                await self._loader.unload(model_id, reason="unregistered")
+            self._loader.failures.pop(model_id, None)
+            return
+        result = self._registry.put(spec, auto_delete=auto_delete, notify=False)
+        if result is PutResult.REPLACED:
+            await self._loader.unload(model_id, reason="replaced")
+        if result is not PutResult.UNCHANGED:
+            self._loader.failures.pop(model_id, None)
+
     async def ensure_loaded(self, model_id: str) -> LoadedModel:
         model = self._inventory.get(model_id)
         if model is not None:

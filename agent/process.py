@@ -49,7 +49,9 @@ class AgentProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout_s: float = 120.0) -> AgentProcess:
+    def start(self, timeout_s: float = 120.0, wait: bool = True) -> AgentProcess:
+        """Start the agent; with ``wait`` (default) return once it serves, else at
+        once (call ``wait_ready`` later: several agents then start together)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         argv = [
@@ -65,7 +67,8 @@ class AgentProcess:
         self.proc = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
         )
-        self.wait_ready(timeout_s)
+        if wait:
+            self.wait_ready(timeout_s)
         return self
 
     def wait_ready(self, timeout_s: float) -> None:

@@ -77,12 +77,14 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     """Start agents in this test's tmp dir; every one is stopped at teardown."""
     started: list[AgentProcess] = []
 
-    def start(*args: str, data_dir: Path | None = None, **env: str) -> AgentProcess:
+    def start(
+        *args: str, data_dir: Path | None = None, wait: bool = True, **env: str
+    ) -> AgentProcess:
         agent = AgentProcess(
             data_dir or tmp_path / f"agent-{len(started)}", args, {**FAST_ENV, **env}
         )
         started.append(agent)
-        return agent.start()
+        return agent.start(wait=wait)
 
     yield start
     for agent in started:

@@ -13,11 +13,12 @@ is ignored.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.api.status import Context, grpc_errors
 from agent.errors import InvalidSpec, MeshletError
-from agent.models import ModelService, ModelStatus
+from agent.models import ModelService, ModelState, ModelStatus
 from agent.proto import model_mesh_pb2 as mm
 from agent.proto import model_mesh_pb2_grpc as mm_grpc
 from agent.registry.spec import ModelSpec
@@ -52,23 +53,38 @@ def spec_from_model_info(model_id: str, info: mm.ModelInfo) -> ModelSpec:
         raise InvalidSpec(f"modelInfo.key of {model_id!r}: {err}") from None
 
 
-def model_status_info(status: ModelStatus, location: str) -> mm.ModelStatusInfo:
+def model_status_info(
+    status: ModelStatus, location: str, elsewhere: Sequence[str] = ()
+) -> mm.ModelStatusInfo:
+    """This node's status of a model plus the copies peers hold (``elsewhere``):
+    LOADED when any copy is, one ``modelCopyInfos`` entry per copy."""
     info = mm.ModelStatusInfo(status=status.state.name, errors=status.errors)
     if status.state.value >= mm.ModelStatusInfo.LOADING:
         info.modelCopyInfos.add(
             location=location, copyStatus=status.state.name, time=int(status.since * 1000)
         )
+    if elsewhere and status.state is not ModelState.NOT_FOUND:
+        info.status = mm.ModelStatusInfo.LOADED
+        for peer in elsewhere:
+            info.modelCopyInfos.add(location=peer, copyStatus=mm.ModelStatusInfo.LOADED)
     return info
 
 
 class ModelMeshService(mm_grpc.ModelMeshServicer):
-    def __init__(self, models: ModelService, vmodels: VModels, node_name: str) -> None:
+    def __init__(
+        self, models: ModelService, vmodels: VModels, node_name: str,
+        copies: Callable[[str], Sequence[str]] = lambda model_id: (),
+    ) -> None:
+        """``copies(model_id)``: the peers holding a loaded copy (cluster-wide status)."""
         self._models = models
         self._vmodels = vmodels
         self._node = node_name
+        self._copies = copies
 
     def _status(self, model_id: str) -> mm.ModelStatusInfo:
-        return model_status_info(self._models.status(model_id), self._node)
+        return model_status_info(
+            self._models.status(model_id), self._node, self._copies(model_id)
+        )
 
     def _vstatus(self, status: VModelStatus) -> mm.VModelStatusInfo:
         info = mm.VModelStatusInfo(

@@ -85,13 +85,20 @@ class NodeService(pb_grpc.NodeServicer):
         cluster = self._cluster()
         if cluster is None or cluster.membership is None:
             return response
+        routing = cluster.routing
         for member in cluster.members():
-            response.members.add(
+            row = response.members.add(
                 address=member.address, state=member.state.name,
                 incarnation=member.incarnation, grpc_address=member.meta.get("grpc", ""),
                 self=member.address == cluster.address,
             )
-        for reason, count in cluster.membership.drop_counts().items():
+            summary = routing.summary(member.address) if routing is not None else None
+            if summary is not None and member.state.name in ("ALIVE", "SUSPECT"):
+                row.models = summary.models
+                row.free_bytes = summary.free_bytes
+                row.draining = summary.draining
+                row.in_flight = summary.in_flight
+        for reason, count in cluster.drop_counts().items():
             response.dropped[reason] = count
         return response
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from agent.cli.args import add_command
 from agent.cli.client import Client, add_address_argument
+from agent.cli.render import human_bytes
 from agent.proto import meshlet_pb2 as pb
 
 
@@ -14,8 +15,10 @@ def add_parser(subparsers: Any) -> None:
     parser = add_command(
         subparsers, "cluster", "list the cluster's members as this agent sees them",
         "List every member of the cluster this agent knows, itself marked with *:\n"
-        "peer address, state (ALIVE, SUSPECT, DEAD, LEFT), incarnation and the\n"
-        "address it serves inference on; then the peer messages it dropped (bad\n"
+        "peer address, state (ALIVE, SUSPECT, DEAD, LEFT, or DRAINING while it\n"
+        "leaves), incarnation, models loaded, free room in its memory budget,\n"
+        "requests in flight (as last gossiped) and the address it serves\n"
+        "inference on; then the peer messages it dropped (bad\n"
         "key, malformed, spoofed sender) by reason. An agent with no cluster keys\n"
         "runs alone and lists nothing.",
         "  meshlet cluster\n"
@@ -28,10 +31,15 @@ def add_parser(subparsers: Any) -> None:
 def render(response: pb.MembersResponse) -> list[str]:
     if not response.members:
         return ["no cluster: this agent runs alone (no MESHLET_CLUSTER_KEYS)"]
-    lines = [f"  {'PEER':<24} {'STATE':<8} {'INC':>5}  GRPC"]
+    lines = [f"  {'PEER':<24} {'STATE':<8} {'INC':>5} {'MODELS':>7} {'FREE':>9} "
+             f"{'INFLIGHT':>8}  GRPC"]
     for m in response.members:
         mark = "*" if m.self else " "
-        lines.append(f"{mark} {m.address:<24} {m.state:<8} {m.incarnation:>5}  {m.grpc_address}")
+        state = "DRAINING" if m.draining and m.state == "ALIVE" else m.state
+        lines.append(
+            f"{mark} {m.address:<24} {state:<8} {m.incarnation:>5} {m.models:>7} "
+            f"{human_bytes(m.free_bytes):>9} {m.in_flight:>8}  {m.grpc_address}"
+        )
     alive = sum(1 for m in response.members if m.state == "ALIVE")
     lines.append(f"{len(response.members)} members, {alive} alive")
     if response.dropped:

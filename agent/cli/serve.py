@@ -40,13 +40,14 @@ FLAGS: dict[str, tuple[str, Any]] = {
     "--storage-config-dir": ("storage_config_dir", Path),
     "--peer-port": ("peer_port", int),
     "--peers": ("peers", lambda text: [p.strip() for p in text.split(",") if p.strip()]),
+    "--peers-dns": ("peers_dns", str),
     "--demo": ("demo_models", int),
 }
 METAVARS = {
     "--data-dir": "DIR", "--grpc-host": "HOST", "--grpc-port": "PORT",
     "--metrics-host": "HOST", "--metrics-port": "PORT", "--memory-budget": "SIZE", "--demo": "N",
     "--cache-dir": "DIR", "--cache-quota": "SIZE", "--storage-config-dir": "DIR",
-    "--peer-port": "PORT", "--peers": "HOST:PORT,...",
+    "--peer-port": "PORT", "--peers": "HOST:PORT,...", "--peers-dns": "NAME",
 }
 
 

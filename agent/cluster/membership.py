@@ -18,7 +18,17 @@ Rules for an update ``(address, incarnation, state)`` (one function: ``_apply``)
   ``incarnation + 1`` (unless leaving);
 - in a full-state ``sync`` a DEAD entry is taken as SUSPECT (memberlist's
   ``mergeState``), so one node's stale verdict after a partition gives the accused a
-  suspicion timeout to refute instead of killing it outright.
+  suspicion timeout to refute instead of killing it outright;
+- in a ``sync``, a DEAD or LEFT entry for an address this node does not know at all
+  is ignored, so a member forgotten here (below) is not brought back by a peer that
+  has not forgotten it yet.
+
+Forgetting: a DEAD or LEFT member is dropped from the table ``dead_member_gc_s``
+after this node adopted that state, and the ``on_forget`` listeners are told. That
+is safe: a node that comes back rejoins as ALIVE, which a node that knows nothing
+of it accepts, and one that still holds it DEAD is refuted with a higher
+incarnation. The cost: two sides of a partition longer than ``dead_member_gc_s``
+forget each other, and only a new join (through the seeds) reunites them.
 
 Dissemination: every message (requests and replies) piggybacks up to
 ``max_piggyback`` recent updates, each sent ``retransmit_mult * ceil(log10(n + 1))``
@@ -34,7 +44,7 @@ fails authentication or decoding, or whose claimed sender is not the transport's
 sender (a member claiming another's address), is dropped and counted in
 ``drop_counts()``; nothing a peer sends can raise out of the handler.
 
-Not here yet: reaping long-dead members, Lifeguard's confirmation-scaled suspicion,
+Not here yet: Lifeguard's confirmation-scaled suspicion,
 size-capping a full-state sync (a table over ``max_message_bytes`` is refused by
 the receiver).
 """
@@ -87,6 +97,9 @@ class Member:
 Listener = Callable[[Member, Member | None], None]
 """``listener(member, previous)``: called on every change of a member's entry."""
 
+ForgetListener = Callable[[str], None]
+"""``listener(address)``: called when a DEAD or LEFT member is dropped from the table."""
+
 
 @dataclass(frozen=True, slots=True)
 class MembershipSettings:
@@ -137,6 +150,12 @@ class MembershipSettings:
     """How often a full-table push-pull is tried with one random DEAD member."""
     leave_timeout_s: float = 1.0
     """How long ``leave`` waits for its announcement to be acknowledged."""
+    dead_member_gc_s: float = 600.0
+    """How long a DEAD or LEFT member stays in the table, unchanged, before this node
+    forgets it (a timer per member, like suspicion's). Long enough that its death has
+    reached everyone: else a node still holding it SUSPECT could spread it back.
+    Also how long a partition may last and still heal by itself (see above).
+    Forgetting is safe: a returning node rejoins with a higher incarnation anyway."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +194,10 @@ class Membership:
         }
         self._pending: dict[str, int] = {}  # address -> transmissions left of its entry
         self._urgent: set[str] = set()  # members to push to next gossip round
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # suspicion or forget, by member
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listeners: list[Listener] = []
+        self._forget_listeners: list[ForgetListener] = []
         self._probe_round: list[str] = []
         self._running = False
         self.dropped: Counter[str] = Counter()
@@ -194,6 +214,10 @@ class Membership:
 
     def on_change(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def on_forget(self, listener: ForgetListener) -> None:
+        """Call ``listener(address)`` when a DEAD or LEFT member is forgotten."""
+        self._forget_listeners.append(listener)
 
     def drop_counts(self) -> Counter[str]:
         """Dropped incoming messages by reason (the signer's and this module's)."""
@@ -409,8 +433,11 @@ class Membership:
 
     def _merge(self, message: _Message) -> None:
         for update in message.updates:
-            if message.kind == "sync" and update.state is State.DEAD:
-                update = replace(update, state=State.SUSPECT)
+            if message.kind == "sync" and update.state >= State.DEAD:
+                if update.address not in self._members:
+                    continue  # forgotten here (or never known): do not bring it back
+                if update.state is State.DEAD:
+                    update = replace(update, state=State.SUSPECT)
             self._apply(update)
 
     def _apply(self, update: Member) -> bool:
@@ -445,6 +472,12 @@ class Membership:
                 self.settings.suspicion_timeout_s, self._suspicion_expired,
                 member.address, member.incarnation,
             )
+        elif member.state >= State.DEAD and self._running and member.address != self.address:
+            # Any later change of the entry cancels this timer (above), so when it
+            # fires the member has been DEAD or LEFT, unchanged, for the whole period.
+            self._timers[member.address] = loop.call_later(
+                self.settings.dead_member_gc_s, self._forget, member.address,
+            )
         live = sum(1 for m in self._members.values() if m.state <= State.SUSPECT)
         self._pending[member.address] = self.settings.retransmit_mult * math.ceil(
             math.log10(live + 1)
@@ -454,6 +487,20 @@ class Membership:
                 listener(member, previous)
             except Exception:
                 log.exception("membership listener failed")
+
+    def _forget(self, address: str) -> None:
+        """Drop a DEAD or LEFT member (its forget timer fired) and tell the listeners."""
+        self._timers.pop(address, None)
+        if self._members.pop(address, None) is None:
+            return
+        self._pending.pop(address, None)
+        self._urgent.discard(address)
+        log.debug("forgot %s", address)
+        for listener in self._forget_listeners:
+            try:
+                listener(address)
+            except Exception:
+                log.exception("membership forget listener failed")
 
     def _suspicion_expired(self, address: str, incarnation: int) -> None:
         self._timers.pop(address, None)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 from agent.proto import POOL as _POOL
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n\rmeshlet.proto\x12\nmeshlet.v1\"#\n\x0fPrefetchRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"h\n\x10PrefetchResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x18\n\x10\x63ompressed_bytes\x18\x03 \x01(\x04\x12\x16\n\x0e\x61lready_cached\x18\x04 \x01(\x08\"\x10\n\x0eMembersRequest\"h\n\rClusterMember\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\x14\n\x0cgrpc_address\x18\x04 \x01(\t\x12\x0c\n\x04self\x18\x05 \x01(\x08\"\xa8\x01\n\x0fMembersResponse\x12*\n\x07members\x18\x01 \x03(\x0b\x32\x19.meshlet.v1.ClusterMember\x12\x39\n\x07\x64ropped\x18\x02 \x03(\x0b\x32(.meshlet.v1.MembersResponse.DroppedEntry\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"$\n\x10ModelSizeRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"y\n\x11ModelSizeResponse\x12\x0e\n\x06loaded\x18\x01 \x01(\x08\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x17\n\x0fpredicted_bytes\x18\x03 \x01(\x04\x12\x16\n\x0emeasured_bytes\x18\x04 \x01(\x04\x12\x0f\n\x07runtime\x18\x05 \x01(\t\"\'\n\x11NodeStatusRequest\x12\x12\n\ntop_models\x18\x01 \x01(\r\"j\n\x14RuntimeProcessStatus\x12\x0f\n\x07runtime\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12\x0e\n\x06models\x18\x03 \x01(\r\x12\x11\n\trss_bytes\x18\x04 \x01(\x04\x12\x11\n\tgpu_bytes\x18\x05 \x01(\x04\"|\n\tGpuStatus\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x12\n\nused_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\x12\x15\n\rmeshlet_bytes\x18\x06 \x01(\x04\"U\n\tModelSize\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07runtime\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x11\n\tin_flight\x18\x04 \x01(\r\"\xae\x03\n\x12NodeStatusResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x14\n\x0c\x62udget_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\x15\n\rmodels_loaded\x18\x04 \x01(\r\x12\x1a\n\x12memory_limit_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16memory_available_bytes\x18\x06 \x01(\x04\x12\x17\n\x0f\x63pu_limit_cores\x18\x07 \x01(\x01\x12\x33\n\tprocesses\x18\x08 \x03(\x0b\x32 .meshlet.v1.RuntimeProcessStatus\x12#\n\x04gpus\x18\t \x03(\x0b\x32\x15.meshlet.v1.GpuStatus\x12)\n\ntop_models\x18\n \x03(\x0b\x32\x15.meshlet.v1.ModelSize\x12>\n\x08runtimes\x18\x0b \x03(\x0b\x32,.meshlet.v1.NodeStatusResponse.RuntimesEntry\x1a/\n\rRuntimesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32P\n\x05\x43\x61\x63he\x12G\n\x08Prefetch\x12\x1b.meshlet.v1.PrefetchRequest\x1a\x1c.meshlet.v1.PrefetchResponse\"\x00\x32\xe3\x01\n\x04Node\x12I\n\x06Status\x12\x1d.meshlet.v1.NodeStatusRequest\x1a\x1e.meshlet.v1.NodeStatusResponse\"\x00\x12J\n\tModelSize\x12\x1c.meshlet.v1.ModelSizeRequest\x1a\x1d.meshlet.v1.ModelSizeResponse\"\x00\x12\x44\n\x07Members\x12\x1a.meshlet.v1.MembersRequest\x1a\x1b.meshlet.v1.MembersResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n\rmeshlet.proto\x12\nmeshlet.v1\"#\n\x0fPrefetchRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"h\n\x10PrefetchResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x18\n\x10\x63ompressed_bytes\x18\x03 \x01(\x04\x12\x16\n\x0e\x61lready_cached\x18\x04 \x01(\x08\"\x10\n\x0eMembersRequest\"\xb1\x01\n\rClusterMember\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\x14\n\x0cgrpc_address\x18\x04 \x01(\t\x12\x0c\n\x04self\x18\x05 \x01(\x08\x12\x0e\n\x06models\x18\x06 \x01(\r\x12\x12\n\nfree_bytes\x18\x07 \x01(\x04\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x11\n\tin_flight\x18\t \x01(\r\"\xa8\x01\n\x0fMembersResponse\x12*\n\x07members\x18\x01 \x03(\x0b\x32\x19.meshlet.v1.ClusterMember\x12\x39\n\x07\x64ropped\x18\x02 \x03(\x0b\x32(.meshlet.v1.MembersResponse.DroppedEntry\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"$\n\x10ModelSizeRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"y\n\x11ModelSizeResponse\x12\x0e\n\x06loaded\x18\x01 \x01(\x08\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x17\n\x0fpredicted_bytes\x18\x03 \x01(\x04\x12\x16\n\x0emeasured_bytes\x18\x04 \x01(\x04\x12\x0f\n\x07runtime\x18\x05 \x01(\t\"\'\n\x11NodeStatusRequest\x12\x12\n\ntop_models\x18\x01 \x01(\r\"j\n\x14RuntimeProcessStatus\x12\x0f\n\x07runtime\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12\x0e\n\x06models\x18\x03 \x01(\r\x12\x11\n\trss_bytes\x18\x04 \x01(\x04\x12\x11\n\tgpu_bytes\x18\x05 \x01(\x04\"|\n\tGpuStatus\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x12\n\nused_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\x12\x15\n\rmeshlet_bytes\x18\x06 \x01(\x04\"U\n\tModelSize\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07runtime\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x11\n\tin_flight\x18\x04 \x01(\r\"\xae\x03\n\x12NodeStatusResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x14\n\x0c\x62udget_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\x15\n\rmodels_loaded\x18\x04 \x01(\r\x12\x1a\n\x12memory_limit_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16memory_available_bytes\x18\x06 \x01(\x04\x12\x17\n\x0f\x63pu_limit_cores\x18\x07 \x01(\x01\x12\x33\n\tprocesses\x18\x08 \x03(\x0b\x32 .meshlet.v1.RuntimeProcessStatus\x12#\n\x04gpus\x18\t \x03(\x0b\x32\x15.meshlet.v1.GpuStatus\x12)\n\ntop_models\x18\n \x03(\x0b\x32\x15.meshlet.v1.ModelSize\x12>\n\x08runtimes\x18\x0b \x03(\x0b\x32,.meshlet.v1.NodeStatusResponse.RuntimesEntry\x1a/\n\rRuntimesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32P\n\x05\x43\x61\x63he\x12G\n\x08Prefetch\x12\x1b.meshlet.v1.PrefetchRequest\x1a\x1c.meshlet.v1.PrefetchResponse\"\x00\x32\xe3\x01\n\x04Node\x12I\n\x06Status\x12\x1d.meshlet.v1.NodeStatusRequest\x1a\x1e.meshlet.v1.NodeStatusResponse\"\x00\x12J\n\tModelSize\x12\x1c.meshlet.v1.ModelSizeRequest\x1a\x1d.meshlet.v1.ModelSizeResponse\"\x00\x12\x44\n\x07Members\x12\x1a.meshlet.v1.MembersRequest\x1a\x1b.meshlet.v1.MembersResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,30 +42,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREFETCHRESPONSE']._serialized_end=170
   _globals['_MEMBERSREQUEST']._serialized_start=172
   _globals['_MEMBERSREQUEST']._serialized_end=188
-  _globals['_CLUSTERMEMBER']._serialized_start=190
-  _globals['_CLUSTERMEMBER']._serialized_end=294
-  _globals['_MEMBERSRESPONSE']._serialized_start=297
-  _globals['_MEMBERSRESPONSE']._serialized_end=465
-  _globals['_MEMBERSRESPONSE_DROPPEDENTRY']._serialized_start=419
-  _globals['_MEMBERSRESPONSE_DROPPEDENTRY']._serialized_end=465
-  _globals['_MODELSIZEREQUEST']._serialized_start=467
-  _globals['_MODELSIZEREQUEST']._serialized_end=503
-  _globals['_MODELSIZERESPONSE']._serialized_start=505
-  _globals['_MODELSIZERESPONSE']._serialized_end=626
-  _globals['_NODESTATUSREQUEST']._serialized_start=628
-  _globals['_NODESTATUSREQUEST']._serialized_end=667
-  _globals['_RUNTIMEPROCESSSTATUS']._serialized_start=669
-  _globals['_RUNTIMEPROCESSSTATUS']._serialized_end=775
-  _globals['_GPUSTATUS']._serialized_start=777
-  _globals['_GPUSTATUS']._serialized_end=901
-  _globals['_MODELSIZE']._serialized_start=903
-  _globals['_MODELSIZE']._serialized_end=988
-  _globals['_NODESTATUSRESPONSE']._serialized_start=991
-  _globals['_NODESTATUSRESPONSE']._serialized_end=1421
-  _globals['_NODESTATUSRESPONSE_RUNTIMESENTRY']._serialized_start=1374
-  _globals['_NODESTATUSRESPONSE_RUNTIMESENTRY']._serialized_end=1421
-  _globals['_CACHE']._serialized_start=1423
-  _globals['_CACHE']._serialized_end=1503
-  _globals['_NODE']._serialized_start=1506
-  _globals['_NODE']._serialized_end=1733
+  _globals['_CLUSTERMEMBER']._serialized_start=191
+  _globals['_CLUSTERMEMBER']._serialized_end=368
+  _globals['_MEMBERSRESPONSE']._serialized_start=371
+  _globals['_MEMBERSRESPONSE']._serialized_end=539
+  _globals['_MEMBERSRESPONSE_DROPPEDENTRY']._serialized_start=493
+  _globals['_MEMBERSRESPONSE_DROPPEDENTRY']._serialized_end=539
+  _globals['_MODELSIZEREQUEST']._serialized_start=541
+  _globals['_MODELSIZEREQUEST']._serialized_end=577
+  _globals['_MODELSIZERESPONSE']._serialized_start=579
+  _globals['_MODELSIZERESPONSE']._serialized_end=700
+  _globals['_NODESTATUSREQUEST']._serialized_start=702
+  _globals['_NODESTATUSREQUEST']._serialized_end=741
+  _globals['_RUNTIMEPROCESSSTATUS']._serialized_start=743
+  _globals['_RUNTIMEPROCESSSTATUS']._serialized_end=849
+  _globals['_GPUSTATUS']._serialized_start=851
+  _globals['_GPUSTATUS']._serialized_end=975
+  _globals['_MODELSIZE']._serialized_start=977
+  _globals['_MODELSIZE']._serialized_end=1062
+  _globals['_NODESTATUSRESPONSE']._serialized_start=1065
+  _globals['_NODESTATUSRESPONSE']._serialized_end=1495
+  _globals['_NODESTATUSRESPONSE_RUNTIMESENTRY']._serialized_start=1448
+  _globals['_NODESTATUSRESPONSE_RUNTIMESENTRY']._serialized_end=1495
+  _globals['_CACHE']._serialized_start=1497
+  _globals['_CACHE']._serialized_end=1577
+  _globals['_NODE']._serialized_start=1580
+  _globals['_NODE']._serialized_end=1807
 # @@protoc_insertion_point(module_scope)

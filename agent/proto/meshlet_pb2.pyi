@@ -29,18 +29,26 @@ class MembersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterMember(_message.Message):
-    __slots__ = ("address", "state", "incarnation", "grpc_address", "self")
+    __slots__ = ("address", "state", "incarnation", "grpc_address", "self", "models", "free_bytes", "draining", "in_flight")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SELF_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     address: str
     state: str
     incarnation: int
     grpc_address: str
     self: bool
-    def __init__(self_, address: _Optional[str] = ..., state: _Optional[str] = ..., incarnation: _Optional[int] = ..., grpc_address: _Optional[str] = ..., self: _Optional[bool] = ...) -> None: ...
+    models: int
+    free_bytes: int
+    draining: bool
+    in_flight: int
+    def __init__(self_, address: _Optional[str] = ..., state: _Optional[str] = ..., incarnation: _Optional[int] = ..., grpc_address: _Optional[str] = ..., self: _Optional[bool] = ..., models: _Optional[int] = ..., free_bytes: _Optional[int] = ..., draining: _Optional[bool] = ..., in_flight: _Optional[int] = ...) -> None: ...
 
 class MembersResponse(_message.Message):
     __slots__ = ("members", "dropped")

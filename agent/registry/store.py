@@ -9,6 +9,13 @@ probe of a few microseconds.
 
 Calls are synchronous and short; bulk calls (``put_many``, ``list_page``) may
 run in a worker thread — a lock serialises use of the one connection.
+
+Replication (``agent.cluster.registry_sync``): every write calls the
+``on_write`` listeners with ``(key, value)`` pairs (``"model/<id>"`` or
+``"vmodel/<id>"``; value ``None`` for a delete) after it commits, unless the
+caller passes ``notify=False`` (a write that came from a peer). The ``repl``
+table keeps the replicated entries with their hybrid-clock stamps, so a
+restarted node resumes with the stamps it had.
 """
 
 from __future__ import annotations
@@ -16,10 +23,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from agent.registry.spec import ModelSpec
 
@@ -45,6 +53,11 @@ CREATE TABLE IF NOT EXISTS sizes (
     id          TEXT PRIMARY KEY,
     runtime     TEXT NOT NULL,
     bytes       INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS repl (
+    key         TEXT PRIMARY KEY,
+    stamp       TEXT NOT NULL,
+    value       TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS vmodels_active ON vmodels(active);
 CREATE INDEX IF NOT EXISTS vmodels_target ON vmodels(target);
@@ -82,12 +95,56 @@ def _spec(row: tuple[str, str, str, str, int, str, str, int]) -> ModelSpec:
     return ModelSpec(row[0], row[1], row[2], row[3], row[4], labels, row[6], bool(row[7]))
 
 
+Write = tuple[str, dict[str, Any] | None]
+"""One replicated write: ``(key, value)``; value ``None`` deletes."""
+
+MODEL_PREFIX = "model/"
+VMODEL_PREFIX = "vmodel/"
+
+
+def model_value(spec: ModelSpec, auto_delete: bool = False) -> dict[str, Any]:
+    """A registration as the replicated registry carries it."""
+    return {
+        "uri": spec.uri, "runtime": spec.runtime, "type": spec.model_type,
+        "size_hint": spec.size_hint, "labels": dict(spec.labels),
+        "storage_key": spec.storage_key, "gpu": spec.gpu, "auto_delete": auto_delete,
+    }
+
+
+def spec_from_value(model_id: str, value: dict[str, Any]) -> tuple[ModelSpec, bool]:
+    """``model_value``'s inverse: (spec, auto_delete); ValueError if malformed."""
+    try:
+        labels = {str(k): str(v) for k, v in dict(value.get("labels") or {}).items()}
+        spec = ModelSpec(
+            model_id, str(value["uri"]), str(value["runtime"]), str(value["type"]),
+            int(value.get("size_hint", 0)), labels, str(value.get("storage_key", "")),
+            bool(value.get("gpu", False)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"registry entry for {model_id!r} is malformed: {e!r}") from None
+    return spec, bool(value.get("auto_delete", False))
+
+
+def vmodel_value(vmodel: VModel) -> dict[str, Any]:
+    return {"active": vmodel.active, "target": vmodel.target, "owner": vmodel.owner}
+
+
 class ModelRegistry:
     """SQLite-backed registry. Open with ``ModelRegistry.open(path)``."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[list[Write]], None]] = []
+
+    def on_write(self, listener: Callable[[list[Write]], None]) -> None:
+        """Call ``listener(writes)`` after every committed local write."""
+        self._listeners.append(listener)
+
+    def _notify(self, writes: list[Write], notify: bool) -> None:
+        if notify and writes:
+            for listener in self._listeners:
+                listener(writes)
 
     @classmethod
     def open(cls, path: Path) -> ModelRegistry:
@@ -120,8 +177,14 @@ class ModelRegistry:
             ).fetchone()
         return bool(row and row[0])
 
-    def put(self, spec: ModelSpec, auto_delete: bool = False) -> PutResult:
+    def put(self, spec: ModelSpec, auto_delete: bool = False, notify: bool = True) -> PutResult:
         """Create or replace one registration; a no-op when the spec is equal."""
+        result = self._put(spec, auto_delete)
+        if result is not PutResult.UNCHANGED:
+            self._notify([(MODEL_PREFIX + spec.model_id, model_value(spec, auto_delete))], notify)
+        return result
+
+    def _put(self, spec: ModelSpec, auto_delete: bool) -> PutResult:
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             row = self._conn.execute(
@@ -141,6 +204,7 @@ class ModelRegistry:
         """
         written = 0
         replaced: list[str] = []
+        writes: list[Write] = []
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             for spec in specs:
@@ -154,13 +218,18 @@ class ModelRegistry:
                 self._conn.execute(_INSERT_MODEL, (*_row(spec), 0))
                 if row:
                     self._conn.execute("DELETE FROM sizes WHERE id = ?", (spec.model_id,))
+                writes.append((MODEL_PREFIX + spec.model_id, model_value(spec)))
                 written += 1
+        self._notify(writes, True)
         return written, replaced
 
-    def delete(self, model_id: str) -> bool:
+    def delete(self, model_id: str, notify: bool = True) -> bool:
+        """Forget a registration. Replicated as a delete even when it was not
+        held here: it may be on its way from a peer, and must lose to this."""
         with self._lock, self._conn:
             cur = self._conn.execute("DELETE FROM models WHERE id = ?", (model_id,))
             self._conn.execute("DELETE FROM sizes WHERE id = ?", (model_id,))
+        self._notify([(MODEL_PREFIX + model_id, None)], notify)
         return cur.rowcount > 0
 
     def count(self) -> int:
@@ -176,6 +245,23 @@ class ModelRegistry:
                 (after, limit),
             ).fetchall()
         return [_spec(r) for r in rows]
+
+    def iter_values(self, page: int = 10_000) -> Iterator[Write]:
+        """Every registration and vmodel as replicated writes (``model_value``)."""
+        after = ""
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT {_MODEL_COLUMNS}, auto_delete FROM models WHERE id > ? "
+                    "ORDER BY id LIMIT ?", (after, page),
+                ).fetchall()
+            if not rows:
+                break
+            for row in rows:
+                yield MODEL_PREFIX + row[0], model_value(_spec(row[:8]), bool(row[8]))
+            after = rows[-1][0]
+        for vmodel in self.iter_vmodels():
+            yield VMODEL_PREFIX + vmodel.vmodel_id, vmodel_value(vmodel)
 
     def iter_ids(self, page: int = 50_000) -> Iterator[str]:
         after = ""
@@ -220,17 +306,41 @@ class ModelRegistry:
             ).fetchone()
         return VModel(*row) if row else None
 
-    def put_vmodel(self, vmodel: VModel) -> None:
+    def put_vmodel(self, vmodel: VModel, notify: bool = True) -> None:
         with self._lock:
             self._conn.execute(
                 "INSERT OR REPLACE INTO vmodels VALUES (?, ?, ?, ?)",
                 (vmodel.vmodel_id, vmodel.active, vmodel.target, vmodel.owner),
             )
+        self._notify([(VMODEL_PREFIX + vmodel.vmodel_id, vmodel_value(vmodel))], notify)
 
-    def delete_vmodel(self, vmodel_id: str) -> bool:
+    def delete_vmodel(self, vmodel_id: str, notify: bool = True) -> bool:
         with self._lock:
             cur = self._conn.execute("DELETE FROM vmodels WHERE id = ?", (vmodel_id,))
+        self._notify([(VMODEL_PREFIX + vmodel_id, None)], notify)
         return cur.rowcount > 0
+
+    def iter_vmodels(self) -> list[VModel]:
+        with self._lock:
+            rows = self._conn.execute("SELECT id, active, target, owner FROM vmodels").fetchall()
+        return [VModel(*r) for r in rows]
+
+    # --- replicated entries (agent.cluster.registry_sync) ------------------
+
+    def repl_rows(self) -> list[tuple[str, str, str | None]]:
+        """Every stored replicated entry: (key, stamp, value JSON or None)."""
+        with self._lock:
+            return list(self._conn.execute("SELECT key, stamp, value FROM repl"))
+
+    def put_repl(self, rows: Iterable[tuple[str, str, str | None]]) -> None:
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("INSERT OR REPLACE INTO repl VALUES (?, ?, ?)", rows)
+
+    def delete_repl(self, keys: Iterable[str]) -> None:
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("DELETE FROM repl WHERE key = ?", ((k,) for k in keys))
 
     def vmodels_referencing(self, model_id: str) -> list[str]:
         with self._lock:

@@ -318,3 +318,104 @@ def test_rotated_node_accepts_messages_signed_with_the_old_key() -> None:
         await cluster.stop()
 
     simulate(main())
+
+
+GC_SETTINGS = MembershipSettings(dead_member_gc_s=8.0, sync_interval_s=0.5)
+"""Forgetting after 8 s; a sync every 0.5 s, so a node that still holds the member
+(it heard of the death later) pushes it at nodes that have forgotten it."""
+
+
+def _forgotten_everywhere(cluster: Cluster, address: str) -> bool:
+    return all(node.member(address) is None for node in cluster.live)
+
+
+async def _push_stale_sync(cluster: Cluster, gone: Member) -> None:
+    """Node 0 sends node 1 a full table that still holds ``gone`` (a peer that has
+    not forgotten it yet); node 1 must not take it back."""
+    sender, receiver = cluster.live[0], cluster.live[1]
+    table = [[m.address, m.incarnation, int(m.state), dict(m.meta)] for m in sender.members()]
+    table.append([gone.address, gone.incarnation, int(gone.state), {}])
+    sync = Signer([KEY]).seal(_body(sender.address, kind="sync", u=table))
+    await cluster.net.endpoint(sender.address).request(receiver.address, sync, timeout_s=0.1)
+    assert receiver.member(gone.address) is None, f"{gone.state.name} member brought back"
+
+
+def test_dead_member_is_forgotten_everywhere_and_stays_forgotten() -> None:
+    async def main() -> None:
+        cluster = Cluster(6, seed=8, settings=GC_SETTINGS)
+        await cluster.start()
+        await wait_for(cluster.all_alive, deadline_s=10.0)
+        victim = cluster.nodes[3]
+        forgotten: dict[str, list[str]] = {n.address: [] for n in cluster.nodes}
+        for node in cluster.nodes:
+            node.on_forget(forgotten[node.address].append)
+        cluster.kill(victim)
+        await wait_for(
+            lambda: all(cluster.states(n)[victim.address] is State.DEAD for n in cluster.live),
+            deadline_s=5.0,
+        )
+        dead = cluster.live[0].member(victim.address)
+        assert dead is not None
+        took = await wait_for(lambda: _forgotten_everywhere(cluster, victim.address),
+                              deadline_s=20.0)
+        # Each node forgets it dead_member_gc_s after it adopted DEAD, which every
+        # node had done when the wait began (up to a detection spread earlier).
+        assert GC_SETTINGS.dead_member_gc_s - 3.0 <= took <= GC_SETTINGS.dead_member_gc_s + 0.1
+        changes: list[Member] = []
+        for node in cluster.live:
+            node.on_change(lambda m, _p: changes.append(m))
+        await _push_stale_sync(cluster, dead)
+        await asyncio.sleep(10 * GC_SETTINGS.sync_interval_s)  # poll window, virtual time
+        assert _forgotten_everywhere(cluster, victim.address), "a sync brought it back"
+        assert changes == []
+        assert all(forgotten[n.address] == [victim.address] for n in cluster.live)
+        assert cluster.all_alive(), "the living are not forgotten"
+        await cluster.stop()
+
+    simulate(main())
+
+
+def test_left_member_is_forgotten_everywhere_and_stays_forgotten() -> None:
+    async def main() -> None:
+        cluster = Cluster(6, seed=9, settings=GC_SETTINGS)
+        await cluster.start()
+        await wait_for(cluster.all_alive, deadline_s=10.0)
+        leaver = cluster.nodes[5]
+        await leaver.leave()
+        cluster.live.remove(leaver)
+        await wait_for(
+            lambda: all(cluster.states(n)[leaver.address] is State.LEFT for n in cluster.live),
+            deadline_s=3.0,
+        )
+        left = cluster.live[0].member(leaver.address)
+        assert left is not None
+        await wait_for(lambda: _forgotten_everywhere(cluster, leaver.address), deadline_s=20.0)
+        await _push_stale_sync(cluster, left)
+        await asyncio.sleep(10 * GC_SETTINGS.sync_interval_s)  # poll window, virtual time
+        assert _forgotten_everywhere(cluster, leaver.address), "a sync brought it back"
+        assert cluster.all_alive()
+        await cluster.stop()
+
+    simulate(main())
+
+
+def test_forgotten_node_that_returns_is_taken_back() -> None:
+    async def main() -> None:
+        cluster = Cluster(4, seed=10, settings=GC_SETTINGS)
+        await cluster.start()
+        await wait_for(cluster.all_alive, deadline_s=10.0)
+        victim = cluster.nodes[2]
+        cluster.kill(victim)
+        await wait_for(lambda: _forgotten_everywhere(cluster, victim.address), deadline_s=30.0)
+        # The same address comes back as a fresh process (incarnation 0) and joins.
+        await victim.stop()
+        reborn = Membership(cluster.net.endpoint(victim.address), Signer([KEY]), GC_SETTINGS,
+                            random.Random(99), meta={"node": "2"})
+        reborn.start()
+        cluster.nodes[2] = reborn
+        cluster.live.append(reborn)
+        assert await reborn.join([cluster.nodes[0].address])
+        await wait_for(cluster.all_alive, deadline_s=5.0)
+        await cluster.stop()
+
+    simulate(main())

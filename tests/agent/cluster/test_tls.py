@@ -1,0 +1,206 @@
+"""Mutual TLS on the peer port: a real gRPC server on loopback, certificates made here."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.cluster.grpc_transport import GrpcTransport
+from agent.cluster.tls import DEFAULT_SERVER_NAME, PeerTls
+from agent.cluster.transport import PeerUnreachable
+
+MAX_BYTES = 1 << 20
+TIMEOUT_S = 5.0  # an upper bound only: every failure here is a refused handshake
+
+
+@dataclass
+class _Ca:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _write_pem(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _make_ca(directory: Path, common_name: str) -> tuple[_Ca, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_file = _write_pem(directory / "ca.pem", cert.public_bytes(serialization.Encoding.PEM))
+    return _Ca(key, cert), ca_file
+
+
+def _make_peer_tls(directory: Path, ca: _Ca, ca_file: Path,
+                   san: str = DEFAULT_SERVER_NAME) -> PeerTls:
+    """A leaf certificate signed by ``ca`` for both server and client use."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("meshlet node"))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH,
+                                   x509.ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_file = _write_pem(directory / "cert.pem", cert.public_bytes(serialization.Encoding.PEM))
+    key_file = _write_pem(directory / "key.pem", key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))
+    tls = PeerTls.from_paths(cert_file, key_file, ca_file)
+    assert tls is not None
+    return tls
+
+
+@dataclass
+class _Pki:
+    ca: _Ca
+    ca_file: Path
+    server: PeerTls
+    client: PeerTls
+    rogue: PeerTls  # a client certificate from another CA, trusting the right one
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> _Pki:
+    ca, ca_file = _make_ca(tmp_path / "ca", "meshlet test CA")
+    other_ca, other_ca_file = _make_ca(tmp_path / "other-ca", "someone else's CA")
+    rogue = _make_peer_tls(tmp_path / "rogue", other_ca, other_ca_file)
+    return _Pki(
+        ca, ca_file,
+        server=_make_peer_tls(tmp_path / "server", ca, ca_file),
+        client=_make_peer_tls(tmp_path / "client", ca, ca_file),
+        rogue=PeerTls(rogue.cert_file, rogue.key_file, ca_file),
+    )
+
+
+@pytest.fixture
+async def server_address(pki: _Pki) -> AsyncIterator[str]:
+    """A peer server on loopback over mutual TLS whose handler echoes with a prefix."""
+    transport = GrpcTransport("127.0.0.1:0", MAX_BYTES, tls=pki.server)
+    senders: list[str] = []
+
+    async def echo(sender: str, payload: bytes) -> bytes:
+        senders.append(sender)
+        return b"echo:" + payload
+
+    transport.serve(echo)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([transport.rpc_handler()])
+    port = server.add_secure_port("127.0.0.1:0", pki.server.server_credentials())
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+        await transport.close()
+    assert all(s == "127.0.0.1" for s in senders)
+
+
+async def _ask(address: str, tls: PeerTls | None) -> bytes:
+    client = GrpcTransport("127.0.0.1:1", MAX_BYTES, tls=tls)
+    try:
+        return await client.request(address, b"hello", TIMEOUT_S)
+    finally:
+        await client.close()
+
+
+async def test_client_with_a_cluster_certificate_gets_the_reply(
+    server_address: str, pki: _Pki
+) -> None:
+    assert await _ask(server_address, pki.client) == b"echo:hello"
+
+
+async def test_client_without_tls_is_refused(server_address: str) -> None:
+    with pytest.raises(PeerUnreachable):
+        await _ask(server_address, None)
+
+
+async def test_client_with_a_certificate_from_another_ca_is_refused(
+    server_address: str, pki: _Pki
+) -> None:
+    with pytest.raises(PeerUnreachable):
+        await _ask(server_address, pki.rogue)
+
+
+async def test_server_without_the_expected_name_is_refused(
+    server_address: str, pki: _Pki
+) -> None:
+    # The server's certificate says meshlet-peer; a client expecting another name
+    # must not talk to it (the SAN, not the dialled IP, is what is checked).
+    wrong_name = PeerTls(pki.client.cert_file, pki.client.key_file, pki.ca_file,
+                         server_name="not-meshlet")
+    with pytest.raises(PeerUnreachable):
+        await _ask(server_address, wrong_name)
+
+
+def test_from_paths_all_empty_is_off() -> None:
+    assert PeerTls.from_paths(None, None, None) is None
+    assert PeerTls.from_paths("", "", "") is None
+
+
+def test_from_paths_names_what_is_missing(pki: _Pki) -> None:
+    with pytest.raises(ValueError, match=r"missing: key, CA certificate"):
+        PeerTls.from_paths(pki.client.cert_file, "", None)
+    with pytest.raises(ValueError, match=r"missing: certificate$"):
+        PeerTls.from_paths(None, pki.client.key_file, pki.ca_file)
+
+
+def test_from_paths_rejects_unreadable_or_non_pem(pki: _Pki, tmp_path: Path) -> None:
+    absent = tmp_path / "absent.pem"
+    with pytest.raises(ValueError, match=rf"key {absent}: cannot read"):
+        PeerTls.from_paths(pki.client.cert_file, absent, pki.ca_file)
+    junk = _write_pem(tmp_path / "junk.pem", b"not a certificate")
+    with pytest.raises(ValueError, match=rf"CA certificate {junk}: not a PEM file"):
+        PeerTls.from_paths(pki.client.cert_file, pki.client.key_file, junk)
+
+
+def test_from_paths_keeps_the_paths(pki: _Pki) -> None:
+    tls = PeerTls.from_paths(str(pki.client.cert_file), str(pki.client.key_file),
+                             str(pki.ca_file))
+    assert tls == PeerTls(pki.client.cert_file, pki.client.key_file, pki.ca_file)
