@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 RegistryApplier = Callable[[list[Entry]], Awaitable[None]]
 """Called with the registry entries that changed this replica, to make them real."""
 
+NewsObserver = Callable[[str, list[Entry]], None]
+"""``observer(sender, changed)``: registry entries from peer ``sender`` changed this replica."""
+
 
 @dataclass(frozen=True, slots=True)
 class GossipSettings:
@@ -102,6 +105,8 @@ class Gossip:
         self.dropped: Counter[str] = Counter()
         self.sent_bytes = 0
         self.exchanges = 0
+        # Optional hook for measurement: the cluster simulation counts infection hops.
+        self.on_news: NewsObserver | None = None
         membership.on_change(self._member_changed)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -211,7 +216,7 @@ class Gossip:
         try:
             body = self._open(data, sender)
             if body["t"] in ("pull", "rumor", "entries"):
-                await self._apply_rumors(body.get("r"))
+                await self._apply_rumors(body.get("r"), body["f"])
             return await self._answer(body)
         except BadMessage as e:
             self._drop(e.reason, sender, e.message)
@@ -247,7 +252,7 @@ class Gossip:
         if kept:
             self.states.apply({**delta, "o": kept})
 
-    async def _apply_rumors(self, raw: Any) -> None:
+    async def _apply_rumors(self, raw: Any, sender: str) -> None:
         if raw is None:
             return
         if not isinstance(raw, list):
@@ -256,6 +261,8 @@ class Gossip:
         changed = self.replica.apply(entries)
         if changed:
             self._add_rumors(e.key for e in changed)
+            if self.on_news is not None:
+                self.on_news(sender, changed)
             await self._apply_registry(changed)
 
     def _add_rumors(self, keys: Iterable[str]) -> None:
@@ -297,7 +304,7 @@ class Gossip:
         try:
             reply = self._open(data, peer)
             if reply["t"] in ("push", "ae-r"):
-                await self._apply_rumors(reply.get("r"))
+                await self._apply_rumors(reply.get("r"), peer)
         except BadMessage as e:
             self._drop(e.reason, peer, e.message)
             return None

@@ -271,6 +271,19 @@ def test_chunked_reset_converges_and_a_deleted_key_stays_deleted() -> None:
     assert mirror.matches(b)
 
 
+def test_a_node_that_learned_by_reset_relays_the_deletes_too() -> None:
+    o, y, z = node(D), node(A), node(B)
+    o.set("m/x", {"s": 1})
+    o.set("m/y", {"s": 2})
+    exchange(o, z)  # Z holds x and y at version 2
+    o.delete("m/x")
+    o.set("m/w", {"s": 3})
+    exchange(o, y)  # Y learns D by a reset: it must keep the tombstone of x
+    assert y.digest()[D] == [1, 4, 0]
+    exchange(y, z)  # Z continues from 2 through Y alone
+    assert live(z, D) == live(o, D) and z.get(D, "m/x") is None
+
+
 def test_a_mid_reset_peer_gets_nothing_from_a_stale_relay() -> None:
     o, x, y = node(D, max_tombstones=2), node(A), node(B)
     o.set("m/a", {"s": 1})
