@@ -253,6 +253,7 @@ class Agent:
                       self.models.load_in_background, self.models.unload),
         )
         await self.cluster.start()
+        self.metrics.bind_cluster(self.cluster.figures)
         self.router.peers = self.cluster.routing
         if self.cluster.copies is not None:
             self.router.on_served = self.cluster.copies.record

@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         2.0, gt=0, description="How often request rates and copies are looked at."
     )
     drain_timeout_s: float = Field(
-        30.0, ge=0, description="On SIGTERM, longest wait for peers to load copies of this "
+        20.0, ge=0, description="On SIGTERM, longest wait for peers to load copies of this "
         "node's recently used models before leaving."
     )
 

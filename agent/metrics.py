@@ -6,11 +6,58 @@ memory than the models. Per-model figures are in ``meshlet model status``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from agent.resources.monitor import NodeResources
+
+
+@dataclass(frozen=True)
+class ClusterFigures:
+    """What the cluster counts, read at scrape time (``agent.cluster.peer``)."""
+
+    members: Mapping[str, int] = field(default_factory=dict)  # state -> how many
+    dropped: Mapping[str, int] = field(default_factory=dict)  # reason -> peer messages
+    forwarded: int = 0
+    forward_retries: int = 0
+    copies_asked: int = 0
+    copies_dropped: int = 0
+    gossip_bytes_sent: int = 0
+
+
+class _ClusterCollector(Collector):
+    def __init__(self, source: Callable[[], ClusterFigures]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._source()
+        members = GaugeMetricFamily(
+            "meshlet_cluster_members", "Members this node knows, by state", labels=["state"])
+        for state, n in sorted(f.members.items()):
+            members.add_metric([state], n)
+        dropped = CounterMetricFamily(
+            "meshlet_peer_messages_dropped",
+            "Peer messages dropped (bad key or MAC, malformed, spoofed sender...), by reason",
+            labels=["reason"])
+        for reason, n in sorted(f.dropped.items()):
+            dropped.add_metric([reason], n)
+        yield members
+        yield dropped
+        for name, doc, value in (
+            ("meshlet_forwarded_requests", "Requests forwarded to a peer", f.forwarded),
+            ("meshlet_forward_retries",
+             "Forwards sent again to another copy or node after a peer failed", f.forward_retries),
+            ("meshlet_copies_requested", "Extra copies asked of peers (load, recency, drain)",
+             f.copies_asked),
+            ("meshlet_copies_dropped", "Idle extra copies unloaded here", f.copies_dropped),
+            ("meshlet_gossip_sent_bytes", "Bytes of gossip (state and registry) sent",
+             f.gossip_bytes_sent),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
 
 
 class Metrics:
@@ -122,6 +169,10 @@ class Metrics:
         self.runtime_rss.set(sum(p.rss_bytes for p in resources.processes.values()))
         for gpu in resources.gpus:
             self.gpu_free.labels(gpu=str(gpu.index)).set(gpu.free_bytes)
+
+    def bind_cluster(self, source: Callable[[], ClusterFigures]) -> None:
+        """Cluster figures, read from ``source`` at scrape time."""
+        self.registry.register(_ClusterCollector(source))
 
     def bind_cache(self, used: Callable[[], float], quota: Callable[[], float]) -> None:
         self.cache_used.set_function(used)

@@ -127,6 +127,7 @@ class Router:
             except Exception as err:
                 if not retryable(err):
                     raise
+                peers.retries += 1
                 tried.add(peer)
 
     def _place(self, peers: ClusterRouting, model_id: str, tried: set[str]) -> str | None:

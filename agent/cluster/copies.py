@@ -135,9 +135,7 @@ class CopyKeeper:
         """Hand this node's recently used sole copies to peers; wait until gossip
         shows them elsewhere (or ``timeout_s``). Returns how many are still only here."""
         now = self._clock()
-        handed = [m for m in self._recent(now) if self._alone(m)]
-        for model_id in handed:
-            await self._add_copy(model_id)
+        handed = [m for m in self._recent(now) if self._alone(m) and await self._add_copy(m)]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         waiting = [m for m in handed if self._alone(m)]

@@ -46,6 +46,7 @@ from agent.cluster.seeds import resolve_seeds
 from agent.cluster.states import NodeStates
 from agent.cluster.tls import PeerTls
 from agent.inventory import Inventory, LoadedModel
+from agent.metrics import ClusterFigures
 from agent.registry.store import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class ClusterConfig:
     max_hops: int = 2
     grace_s: float = 5.0
     copies: CopySettings = field(default_factory=CopySettings)
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: float = 20.0
     rejoin_interval_s: float = 30.0
 
 
@@ -228,6 +229,21 @@ class ClusterNode:
 
     def members(self) -> list[Member]:
         return self.membership.members() if self.membership is not None else []
+
+    def figures(self) -> ClusterFigures:
+        """What the cluster counts, for /metrics."""
+        states: dict[str, int] = {}
+        for member in self.members():
+            states[member.state.name] = states.get(member.state.name, 0) + 1
+        routing, copies, gossip = self.routing, self.copies, self.gossip
+        return ClusterFigures(
+            members=states, dropped=self.drop_counts(),
+            forwarded=routing.forwarded if routing else 0,
+            forward_retries=routing.retries if routing else 0,
+            copies_asked=copies.copies_asked if copies else 0,
+            copies_dropped=copies.copies_dropped if copies else 0,
+            gossip_bytes_sent=gossip.sent_bytes if gossip else 0,
+        )
 
     def drop_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

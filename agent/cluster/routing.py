@@ -21,7 +21,6 @@ request that waits on it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +81,7 @@ class ClusterRouting:
         self.in_flight: Counter[str] = Counter()  # peer -> forwards awaiting an answer
         self._promised: Counter[str] = Counter()  # peer -> bytes placed since its summary
         self.forwarded = 0
+        self.retries = 0
         states.on_change(self._state_changed)
 
     def summary(self, address: str) -> NodeSummary | None:
@@ -145,8 +145,3 @@ class ClusterRouting:
     def _state_changed(self, change: Change) -> None:
         if change.key == NODE_KEY:
             self._promised.pop(change.origin, None)
-
-
-def summary_source(**parts: Callable[[], Any]) -> Callable[[], NodeSummary]:
-    """A ``NodeSummary`` built from one callable per field (wiring helper)."""
-    return lambda: NodeSummary(**{name: get() for name, get in parts.items()})

@@ -12,7 +12,7 @@ import signal
 import sys
 from types import FrameType
 
-from . import cache, coldstart, density, registry, serve
+from . import cache, cluster, coldstart, density, registry, serve
 from .report import finish
 
 BENCHMARKS = {
@@ -21,6 +21,8 @@ BENCHMARKS = {
     "coldstart": (coldstart, "first request to a registered, unloaded model"),
     "registry": (registry, "the SQLite registry alone: register, list, get 1M models"),
     "cache": (cache, "node cache: compression ratio and speed, unpack vs copy, cold start"),
+    "cluster": (cluster, "gossip at 10-1,000 members (simulated); forwarding and node loss "
+                         "with real agents"),
 }
 
 

@@ -404,3 +404,28 @@ def test_a_restarted_member_is_not_resurrected_through_forgotten_state() -> None
         await cluster.stop()
 
     simulate(main())
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known bug: Gossip forgets an origin's node states when it turns DEAD, and "
+    "NodeStates then refuses that generation for good, so a member that was only "
+    "partitioned away (it refutes, same generation) never has its states again"))
+def test_node_states_come_back_after_a_partition_heals() -> None:
+    async def main() -> None:
+        cluster = Cluster(6, seed=9)
+        for node in cluster.nodes:
+            node.states.set("node", {"i": node.address})
+        await cluster.start()
+        await wait_for(lambda: all(len(n.states.origins()) == 6 for n in cluster.nodes), 10.0)
+        side_a, side_b = cluster.nodes[:3], cluster.nodes[3:]
+        cluster.net.partition([n.address for n in side_a], [n.address for n in side_b])
+        await wait_for(lambda: all(len(n.states.origins()) == 3 for n in cluster.nodes), 10.0)
+        cluster.net.heal()
+        await wait_for(cluster.all_alive, deadline_s=30.0)
+        try:
+            await wait_for(lambda: all(len(n.states.origins()) == 6 for n in cluster.nodes),
+                           deadline_s=30.0)
+        finally:
+            await cluster.stop()
+
+    simulate(main())
