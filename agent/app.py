@@ -259,6 +259,10 @@ class Agent:
             self.router.on_served = self.cluster.copies.record
         self.peer_port = self.cluster.port
 
+    def _location(self) -> str:
+        """This node as copy lists name it: its peer address in a cluster."""
+        return self.cluster.address if self.cluster is not None else self.node_name
+
     def _peer_copies(self, model_id: str) -> list[str]:
         routing = self.cluster.routing if self.cluster is not None else None
         return routing.copies(model_id) if routing is not None else []
@@ -295,7 +299,7 @@ class Agent:
         )
         server.add_generic_rpc_handlers([inference.handler()])
         model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(
-            ModelMeshService(self._models, self._vmodels, self.node_name, self._peer_copies),
+            ModelMeshService(self._models, self._vmodels, self._location, self._peer_copies),
             server
         )
         meshlet_pb2_grpc.add_CacheServicer_to_server(CacheService(self._models), server)

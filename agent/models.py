@@ -153,6 +153,10 @@ class ModelService:
             raise ModelNotFound(model_id)
         return await self._loader.unload(model_id, reason=reason)
 
+    def is_loading(self, model_id: str) -> bool:
+        """A load of the model is under way here (its requests wait for it)."""
+        return self._loader.is_loading(model_id)
+
     def state_of(self, model_id: str) -> tuple[ModelState, str]:
         """State and failure reason of a model known to be registered (cheap)."""
         if model_id in self._inventory:

@@ -84,7 +84,8 @@ class Router:
             target = name if name in self._inventory else self.resolve(name)
         if target != name:
             request = wire.replace_model_name(request, target)
-        if self.peers is not None and not load_here and target not in self._inventory:
+        if (self.peers is not None and not load_here and target not in self._inventory
+                and not self._models.is_loading(target)):
             response = await self._via_peers(self.peers, target, request, hops)
             if response is not None:
                 return response

@@ -72,18 +72,19 @@ def model_status_info(
 
 class ModelMeshService(mm_grpc.ModelMeshServicer):
     def __init__(
-        self, models: ModelService, vmodels: VModels, node_name: str,
+        self, models: ModelService, vmodels: VModels, location: Callable[[], str],
         copies: Callable[[str], Sequence[str]] = lambda model_id: (),
     ) -> None:
-        """``copies(model_id)``: the peers holding a loaded copy (cluster-wide status)."""
+        """``location()``: this node's name in copy lists (its peer address in a
+        cluster); ``copies(model_id)``: the peers holding a loaded copy."""
         self._models = models
         self._vmodels = vmodels
-        self._node = node_name
+        self._location = location
         self._copies = copies
 
     def _status(self, model_id: str) -> mm.ModelStatusInfo:
         return model_status_info(
-            self._models.status(model_id), self._node, self._copies(model_id)
+            self._models.status(model_id), self._location(), self._copies(model_id)
         )
 
     def _vstatus(self, status: VModelStatus) -> mm.VModelStatusInfo:
@@ -93,10 +94,11 @@ class ModelMeshService(mm_grpc.ModelMeshServicer):
             targetModelId=status.target,
             owner=status.owner,
         )
+        here = self._location()
         if status.active_status is not None:
-            info.activeModelStatus.CopyFrom(model_status_info(status.active_status, self._node))
+            info.activeModelStatus.CopyFrom(model_status_info(status.active_status, here))
         if status.target_status is not None:
-            info.targetModelStatus.CopyFrom(model_status_info(status.target_status, self._node))
+            info.targetModelStatus.CopyFrom(model_status_info(status.target_status, here))
         return info
 
     async def _load(self, model_id: str, sync: bool) -> None:

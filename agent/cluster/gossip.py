@@ -290,8 +290,12 @@ class Gossip:
         return out
 
     def _member_changed(self, member: Any, previous: Any) -> None:
-        if member.address != self.address and member.state >= State.DEAD:
+        if member.address == self.address:
+            return
+        if member.state >= State.DEAD:
             self.states.forget(member.address)
+        elif previous is not None and previous.state >= State.DEAD:
+            self.states.remember(member.address)  # back from a false death
 
     # -- wire ----------------------------------------------------------------------
 

@@ -15,11 +15,14 @@ request that waits on it.
   most free GPU memory, and enough of it). Room promised to recent placements
   is subtracted until that node's next summary, so a burst of cold requests is
   spread instead of all landing on the node that looked emptiest. Ties go to
-  this node (no hop).
+  this node (no hop). A model placed on a peer is placed there again for
+  ``PLACEMENT_MEMORY_S`` (until gossip shows its copy), so the requests that
+  follow the first one do not load it on every node.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +35,8 @@ from agent.registry.spec import ModelSpec
 MODEL_KEY = "m/"
 NODE_KEY = "node"
 DEFAULT_PLACEMENT_BYTES = 1 << 20  # what a placement reserves for a model of unknown size
+PLACEMENT_MEMORY_S = 10.0  # a model placed on a peer goes there again for this long
+MAX_REMEMBERED_PLACEMENTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,7 @@ class ClusterRouting:
         self.max_hops = max_hops
         self.in_flight: Counter[str] = Counter()  # peer -> forwards awaiting an answer
         self._promised: Counter[str] = Counter()  # peer -> bytes placed since its summary
+        self._placed: dict[str, tuple[str, float]] = {}  # model -> (peer, when)
         self.forwarded = 0
         self.retries = 0
         states.on_change(self._state_changed)
@@ -102,6 +108,11 @@ class ClusterRouting:
     def place(self, spec: ModelSpec, size: int,
               exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
         """The peer to load ``spec`` on, or ``None`` for this node (or no better one)."""
+        now = time.monotonic()
+        earlier = self._placed.get(spec.model_id)
+        if (earlier is not None and now - earlier[1] < PLACEMENT_MEMORY_S
+                and earlier[0] not in exclude and self._alive(earlier[0])):
+            return earlier[0]
         size = size or DEFAULT_PLACEMENT_BYTES
         best: tuple[int, int, str] | None = None
         for origin in self._states.origins():
@@ -120,6 +131,10 @@ class ClusterRouting:
         if best is None or best[2] == self.address:
             return None
         self._promised[best[2]] += size
+        if len(self._placed) >= MAX_REMEMBERED_PLACEMENTS:
+            self._placed = {m: p for m, p in self._placed.items()
+                            if now - p[1] < PLACEMENT_MEMORY_S}
+        self._placed[spec.model_id] = (best[2], now)
         return best[2]
 
     async def forward(

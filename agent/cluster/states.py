@@ -372,6 +372,12 @@ class NodeStates:
         self._notify(changes)
         return changes
 
+    def remember(self, origin: str) -> None:
+        """Accept ``origin``'s state again, even of the generation ``forget``
+        dropped: it was declared dead, but it is alive (a false death it
+        refuted, a healed partition), so its current state is real again."""
+        self._forgotten.pop(origin, None)
+
     # --- internals ---------------------------------------------------------------
 
     def _base_for(self, st: _Origin, remote: tuple[int, int, int] | None) -> int | None:

@@ -33,10 +33,11 @@ Phases, per size:
    use it, and in virtual time its CPU cost moves no clock, so detection times are
    the same; it only saves wall time.
 
-Wall time on 2 cores: about 0.5 s for N=10, 15 s for 100, and for 1,000 a few
-minutes, almost all of it node-state digests (``NodeStates.delta_for`` parses an
-O(N) digest per exchange); so for N > ``PREFILL_ABOVE`` the defaults shrink the
-steady window to 1 s (two state rounds) and run 5 writes and 1 kill.
+Wall time on 2 cores: about 0.5 s for N=10, 15 s for 100, and for 1,000 about 20 s
+per virtual second, almost all of it node-state digests (``NodeStates.delta_for``
+parses an O(N) digest per exchange); so for N > ``PREFILL_ABOVE`` the defaults
+shrink the steady window to 2 s (four state rounds), the gap between writes to
+0.1 s, and run 2 kills (about 3 minutes in all).
 """
 
 from __future__ import annotations
@@ -302,9 +303,10 @@ def run_one(n: int, seed: int = 1, progress: Callable[[str], None] = print,
             writes: int | None = None, kills: int | None = None,
             steady_s: float | None = None) -> dict[str, Any]:
     """Simulate one cluster of ``n`` members; the figures of ``run_sim`` for it."""
-    writes = writes if writes is not None else (10 if n <= 100 else 5)
-    kills = kills if kills is not None else (3 if n <= 100 else 1)
-    steady_s = steady_s if steady_s is not None else (10.0 if n <= PREFILL_ABOVE else 1.0)
+    big = n > PREFILL_ABOVE
+    writes = writes if writes is not None else 10
+    kills = kills if kills is not None else (2 if big else 3)
+    steady_s = steady_s if steady_s is not None else (2.0 if big else 10.0)
     wall = time.perf_counter()
 
     async def main() -> dict[str, Any]:

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Callable
 
 import grpc
+import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
@@ -170,8 +171,14 @@ def _lose_holder_under_traffic(
     return ok, failures, victim
 
 
-def test_sigkill_of_the_holder_under_traffic_fails_no_request(start_agent: StartAgent) -> None:
-    agents = start_cluster(start_agent, 4)
+@pytest.mark.parametrize("recent_s", ["60", "0"], ids=["second-copy", "no-second-copy"])
+def test_sigkill_of_the_holder_under_traffic_fails_no_request(
+    start_agent: StartAgent, recent_s: str
+) -> None:
+    """With a second copy kept (the default), requests move to it; without,
+    they are placed on a survivor, which loads the model."""
+    agents = start_cluster(start_agent, 4, MESHLET_COPY_RECENT_S=recent_s,
+                           MESHLET_COPY_RATE_THRESHOLD="1e9")
     ok, failures, victim = _lose_holder_under_traffic(agents, AgentProcess.kill, rate_hz=100)
     assert not failures, f"{len(failures)} failed of {ok + len(failures)}: {failures[:3]}"
     assert ok > 300
@@ -207,3 +214,9 @@ def test_a_frozen_node_comes_back_and_catches_up(start_agent: StartAgent) -> Non
     wait_for(lambda: MeshClient(b.address).status("while-away") != mm.ModelStatusInfo.NOT_FOUND,
              timeout_s=20, what="the registration reached the returning node")
     check_sums(infer(triton.InferenceServerClient(b.address), "while-away"))
+    # Its state is taken again (it was forgotten when it was declared dead):
+    # the others see what it loads, and route to it.
+    holder = next(x for x in (a, b, c) if holds(x, "while-away"))
+    for agent in (a, b, c):
+        wait_for(lambda x=agent: members(x)[peer(holder)].models >= 1, timeout_s=20,
+                 what=f"{peer(agent)} sees what {peer(holder)} holds")

@@ -406,11 +406,10 @@ def test_a_restarted_member_is_not_resurrected_through_forgotten_state() -> None
     simulate(main())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: Gossip forgets an origin's node states when it turns DEAD, and "
-    "NodeStates then refuses that generation for good, so a member that was only "
-    "partitioned away (it refutes, same generation) never has its states again"))
 def test_node_states_come_back_after_a_partition_heals() -> None:
+    """Each side forgets the other's node states when it holds it DEAD; once the
+    partition heals and the members refute, the same generation must be taken again."""
+
     async def main() -> None:
         cluster = Cluster(6, seed=9)
         for node in cluster.nodes:
