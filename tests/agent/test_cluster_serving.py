@@ -12,6 +12,7 @@ import json
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -23,6 +24,7 @@ from agent.process import AgentProcess
 from agent.proto import meshlet_pb2 as pb
 from agent.proto import meshlet_pb2_grpc as pb_grpc
 from agent.proto import model_mesh_pb2 as mm
+from tests.certs import make_ca, make_peer_tls
 from tests.clients import MeshClient, check_sums, infer, infer_aio
 from tests.conftest import wait_for
 
@@ -220,3 +222,26 @@ def test_a_frozen_node_comes_back_and_catches_up(start_agent: StartAgent) -> Non
     for agent in (a, b, c):
         wait_for(lambda x=agent: members(x)[peer(holder)].models >= 1, timeout_s=20,
                  what=f"{peer(agent)} sees what {peer(holder)} holds")
+
+
+def test_agents_over_mutual_tls_form_a_cluster_and_forward(
+    start_agent: StartAgent, tmp_path: Path
+) -> None:
+    ca, ca_file = make_ca(tmp_path / "ca", "meshlet test CA")
+    tls = make_peer_tls(tmp_path / "node", ca, ca_file)
+    env = {"MESHLET_PEER_TLS_CERT": str(tls.cert_file),
+           "MESHLET_PEER_TLS_KEY": str(tls.key_file), "MESHLET_PEER_TLS_CA": str(ca_file),
+           "MESHLET_COPY_RECENT_S": "0"}
+    a, b = start_cluster(start_agent, 2, **env)
+    MeshClient(b.address).register("over-tls", load=True)
+    wait_for(lambda: members(a)[peer(b)].models >= 1, timeout_s=20,
+             what="the inventory gossiped over TLS")
+    check_sums(infer(triton.InferenceServerClient(a.address), "over-tls"))
+    assert not holds(a, "over-tls"), "answered by forwarding, not by a load on the entry node"
+
+    # A node without a certificate is not let in.
+    plain = start_agent("--peers", peer(a), **CLUSTER_ENV)
+    wait_for(lambda: "no seed answered" in plain.log_tail(), timeout_s=20,
+             what="the plain node's join refused")
+    assert peer(plain) not in members(a)
+    assert list(members(plain)) == [peer(plain)]

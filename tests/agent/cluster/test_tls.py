@@ -2,104 +2,25 @@
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent.cluster.grpc_transport import GrpcTransport
-from agent.cluster.tls import DEFAULT_SERVER_NAME, PeerTls
+from agent.cluster.tls import PeerTls
 from agent.cluster.transport import PeerUnreachable
+from tests.certs import Ca, make_ca, make_peer_tls, write_pem
 
 MAX_BYTES = 1 << 20
 TIMEOUT_S = 5.0  # an upper bound only: every failure here is a refused handshake
 
 
 @dataclass
-class _Ca:
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _write_pem(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-def _make_ca(directory: Path, common_name: str) -> tuple[_Ca, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_file = _write_pem(directory / "ca.pem", cert.public_bytes(serialization.Encoding.PEM))
-    return _Ca(key, cert), ca_file
-
-
-def _make_peer_tls(directory: Path, ca: _Ca, ca_file: Path,
-                   san: str = DEFAULT_SERVER_NAME) -> PeerTls:
-    """A leaf certificate signed by ``ca`` for both server and client use."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("meshlet node"))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH,
-                                   x509.ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_file = _write_pem(directory / "cert.pem", cert.public_bytes(serialization.Encoding.PEM))
-    key_file = _write_pem(directory / "key.pem", key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
-    tls = PeerTls.from_paths(cert_file, key_file, ca_file)
-    assert tls is not None
-    return tls
-
-
-@dataclass
 class _Pki:
-    ca: _Ca
+    ca: Ca
     ca_file: Path
     server: PeerTls
     client: PeerTls
@@ -108,13 +29,13 @@ class _Pki:
 
 @pytest.fixture
 def pki(tmp_path: Path) -> _Pki:
-    ca, ca_file = _make_ca(tmp_path / "ca", "meshlet test CA")
-    other_ca, other_ca_file = _make_ca(tmp_path / "other-ca", "someone else's CA")
-    rogue = _make_peer_tls(tmp_path / "rogue", other_ca, other_ca_file)
+    ca, ca_file = make_ca(tmp_path / "ca", "meshlet test CA")
+    other_ca, other_ca_file = make_ca(tmp_path / "other-ca", "someone else's CA")
+    rogue = make_peer_tls(tmp_path / "rogue", other_ca, other_ca_file)
     return _Pki(
         ca, ca_file,
-        server=_make_peer_tls(tmp_path / "server", ca, ca_file),
-        client=_make_peer_tls(tmp_path / "client", ca, ca_file),
+        server=make_peer_tls(tmp_path / "server", ca, ca_file),
+        client=make_peer_tls(tmp_path / "client", ca, ca_file),
         rogue=PeerTls(rogue.cert_file, rogue.key_file, ca_file),
     )
 
@@ -195,7 +116,7 @@ def test_from_paths_rejects_unreadable_or_non_pem(pki: _Pki, tmp_path: Path) -> 
     absent = tmp_path / "absent.pem"
     with pytest.raises(ValueError, match=rf"key {absent}: cannot read"):
         PeerTls.from_paths(pki.client.cert_file, absent, pki.ca_file)
-    junk = _write_pem(tmp_path / "junk.pem", b"not a certificate")
+    junk = write_pem(tmp_path / "junk.pem", b"not a certificate")
     with pytest.raises(ValueError, match=rf"CA certificate {junk}: not a PEM file"):
         PeerTls.from_paths(pki.client.cert_file, pki.client.key_file, junk)
 
