@@ -135,17 +135,18 @@ class CopyKeeper:
         """Hand this node's recently used sole copies to peers; wait until gossip
         shows them elsewhere (or ``timeout_s``). Returns how many are still only here."""
         now = self._clock()
-        handed = [m for m in self._recent(now) if self._alone(m) and await self._add_copy(m)]
+        sole = [m for m in self._recent(now) if self._alone(m)]
+        handed = [m for m in sole if await self._add_copy(m)]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         waiting = [m for m in handed if self._alone(m)]
         while waiting and loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL_S)  # poll: gossip brings the copies
             waiting = [m for m in waiting if self._alone(m)]
-        if handed:
-            log.info("drain: %d recently used models handed to peers, %d not yet loaded there",
-                     len(handed) - len(waiting), len(waiting))
-        return len(waiting)
+        if sole:
+            log.info("drain: %d recently used sole copies; %d handed to peers, %d of those "
+                     "not yet loaded there", len(sole), len(handed), len(waiting))
+        return len(sole) - len(handed) + len(waiting)
 
     # -- helpers -------------------------------------------------------------------
 

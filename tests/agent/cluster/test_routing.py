@@ -20,6 +20,12 @@ CPU = ModelSpec("cpu-model", "builtin://simple-string", "mlserver", "simple-stri
 GPU = ModelSpec("gpu-model", "s3://b/gpu", "triton", "onnx", gpu=True)
 
 
+def cpu(n: int) -> ModelSpec:
+    """Another CPU model: placement remembers where each model went, so a burst of
+    placements needs distinct models."""
+    return ModelSpec(f"cpu-{n}", "builtin://simple-string", "mlserver", "simple-string")
+
+
 @dataclass(frozen=True)
 class FakeMember:
     state: State
@@ -38,21 +44,27 @@ class FakeMembership:
 
 
 class FakeForwarder:
-    """``forward`` held open until ``release`` (or failing with ``fail``)."""
+    """``forward`` held open until ``gate`` is set, then failing with ``fail`` (or
+    ``failing[address]``) or answering ``b"from <address>"``."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, bytes, int, bool]] = []
         self.gate = asyncio.Event()
         self.gate.set()
         self.fail: Exception | None = None
+        self.failing: dict[str, Exception] = {}
+        self.arrived: asyncio.Queue[str] = asyncio.Queue()
 
     async def forward(
         self, address: str, model_id: str, request: bytes, hops: int, load_here: bool
     ) -> bytes:
         self.calls.append((address, model_id, request, hops, load_here))
+        self.arrived.put_nowait(address)
         await self.gate.wait()
         if self.fail is not None:
             raise self.fail
+        if address in self.failing:
+            raise self.failing[address]
         return b"from " + address.encode()
 
 
@@ -188,8 +200,8 @@ async def test_copies_count_this_nodes_unanswered_forwards() -> None:
     pending = [
         asyncio.create_task(view.routing.forward(C, "m", b"x", 0, False)) for _ in range(3)
     ]
-    while len(view.forwarder.calls) < 3:
-        await asyncio.sleep(0)  # poll: until every forward is waiting on the peer
+    for _ in pending:  # until every forward is waiting on the peer
+        await asyncio.wait_for(view.forwarder.arrived.get(), 5)
     assert view.routing.in_flight == {C: 3}
     assert view.routing.copies("m") == [B, C]
     view.forwarder.gate.set()
@@ -278,7 +290,8 @@ def test_gpu_models_go_to_the_most_free_gpu_memory_with_enough_of_it() -> None:
     view.summary(D, free_bytes=100, kinds=("mlserver",), gpu_free_bytes=9_000)
     assert view.routing.place(GPU, 2_000) == C
     # 4,000 needed: B is short, C has 5,000 - 2,000 promised = 3,000: nobody fits.
-    assert view.routing.place(GPU, 4_000) is None
+    other_gpu = ModelSpec("gpu-2", "s3://b/gpu2", "triton", "onnx", gpu=True)
+    assert view.routing.place(other_gpu, 4_000) is None
 
 
 def test_a_burst_of_placements_is_spread_by_promised_room() -> None:
@@ -286,7 +299,7 @@ def test_a_burst_of_placements_is_spread_by_promised_room() -> None:
     view.summary(A, **mlserver_node(100))
     view.summary(B, **mlserver_node(1_000))
     view.summary(C, **mlserver_node(900))
-    placed = [view.routing.place(CPU, 200) for _ in range(4)]
+    placed = [view.routing.place(cpu(i), 200) for i in range(4)]
     # B 1000 -> 800; C 900 -> 700; B 800 -> 600; C 700 -> 500
     assert placed == [B, C, B, C]
 
@@ -296,13 +309,13 @@ def test_promised_room_resets_when_that_nodes_summary_changes() -> None:
     view.summary(A, **mlserver_node(100))
     view.summary(B, **mlserver_node(1_000))
     view.summary(C, **mlserver_node(900))
-    assert view.routing.place(CPU, 300) == B  # B: 700 left by promise
-    assert view.routing.place(CPU, 300) == C  # C: 600 left by promise
+    assert view.routing.place(cpu(1), 300) == B  # B: 700 left by promise
+    assert view.routing.place(cpu(2), 300) == C  # C: 600 left by promise
     # B reports again (its load has not shown in free bytes yet): its promise is cleared.
     view.summary(B, **mlserver_node(1_000, models=1))
-    assert view.routing.place(CPU, 300) == B
+    assert view.routing.place(cpu(3), 300) == B
     # C's promise still stands: B (700) beats C (600).
-    assert view.routing.place(CPU, 10) == B
+    assert view.routing.place(cpu(4), 10) == B
 
 
 def test_a_placement_of_unknown_size_reserves_the_default() -> None:
@@ -310,8 +323,8 @@ def test_a_placement_of_unknown_size_reserves_the_default() -> None:
     view.summary(A, **mlserver_node(0))
     view.summary(B, **mlserver_node(DEFAULT_PLACEMENT_BYTES + 10))
     view.summary(C, **mlserver_node(DEFAULT_PLACEMENT_BYTES))
-    assert view.routing.place(CPU, 0) == B
-    assert view.routing.place(CPU, 0) == C  # B has 10 bytes left by promise
+    assert view.routing.place(cpu(1), 0) == B
+    assert view.routing.place(cpu(2), 0) == C  # B has 10 bytes left by promise
 
 
 def test_a_summary_from_another_node_keeps_the_promise() -> None:
@@ -319,6 +332,19 @@ def test_a_summary_from_another_node_keeps_the_promise() -> None:
     view.summary(A, **mlserver_node(100))
     view.summary(B, **mlserver_node(1_000))
     view.summary(C, **mlserver_node(900))
-    assert view.routing.place(CPU, 300) == B
+    assert view.routing.place(cpu(1), 300) == B
     view.summary(D, **mlserver_node(50))  # someone else's summary: B's promise stays
-    assert view.routing.place(CPU, 300) == C
+    assert view.routing.place(cpu(2), 300) == C
+
+
+def test_a_model_placed_again_soon_goes_where_it_went_before() -> None:
+    """Requests for a model loaded nowhere all follow the first placement, so a burst
+    does not start a load on every node."""
+    view = View()
+    view.summary(A, **mlserver_node(100))
+    view.summary(B, **mlserver_node(1_000))
+    view.summary(C, **mlserver_node(900))
+    assert [view.routing.place(CPU, 300) for _ in range(3)] == [B, B, B]
+    assert view.routing.place(CPU, 300, exclude={B}) == C  # B failed: elsewhere
+    view.membership.states[C] = State.DEAD
+    assert view.routing.place(CPU, 300) == B  # C's placement is forgotten with C
