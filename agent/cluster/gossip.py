@@ -6,9 +6,10 @@ Two kinds of state travel on the gossip channel (``agent.cluster.mux.GOSSIP``):
   and how much room it has, owned by that node. Every ``interval_s`` a node runs
   a push-pull with ``fanout`` random live members: it sends its digest (one
   ``[generation, version, floor]`` per origin), the peer answers with what the
-  sender lacks and its own digest, and the sender sends back what the peer
-  lacks. Only versions and deltas travel; at most ``max_entries`` entries per
-  message, the rest follow on the next round.
+  sender lacks and where its own digest differs from the sender's (so nodes
+  that agree exchange one O(N) digest per round, not two), and the sender
+  sends back what the peer lacks. Only versions and deltas travel; at most
+  ``max_entries`` entries per message, the rest follow on the next round.
 * **Registry entries** (``agent.cluster.replica.Replica``): last-writer-wins by
   hybrid clock. News (a local write, or a remote entry that changed this
   replica) becomes a *rumor*, pushed at once to ``rumor_fanout`` random members
@@ -178,14 +179,15 @@ class Gossip:
     # -- exchanges -----------------------------------------------------------------
 
     async def _exchange_states(self, peer: str) -> bool:
-        reply = await self._request(peer, {
-            "t": "pull", "d": self.states.digest(), "r": self._take_rumors(),
-        })
+        sent = self.states.digest()
+        reply = await self._request(peer, {"t": "pull", "d": sent, "r": self._take_rumors()})
         if reply is None or reply.get("t") != "push":
             return False
         try:
             await self._apply_delta(reply.get("s"))
-            back = self.states.delta_for(reply.get("d"), self.settings.max_entries)
+            theirs = (reply["d"] if "d" in reply
+                      else NodeStates.patch_digest(sent, reply.get("dd")))
+            back = self.states.delta_for(theirs, self.settings.max_entries)
         except ValueError as e:
             self._drop("malformed", peer, str(e))
             return False
@@ -227,9 +229,11 @@ class Gossip:
     async def _answer(self, body: dict[str, Any]) -> bytes:
         kind = body["t"]
         if kind == "pull":
-            delta = self.states.delta_for(body.get("d"), self.settings.max_entries)
+            theirs = body.get("d")
+            delta = self.states.delta_for(theirs, self.settings.max_entries)
             return self._seal({
-                "t": "push", "d": self.states.digest(), "s": delta, "r": self._take_rumors(),
+                "t": "push", "dd": self.states.digest_diff(theirs), "s": delta,
+                "r": self._take_rumors(),
             })
         if kind == "delta":
             await self._apply_delta(body.get("s"))

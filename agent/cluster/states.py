@@ -310,6 +310,32 @@ class NodeStates:
         """Per origin ``[generation, version, floor]``, to send to a peer."""
         return {o: [st.generation, st.version, st.floor] for o, st in self._states.items()}
 
+    def digest_diff(self, remote_digest: Any) -> dict[str, list[int] | None]:
+        """This node's digest where it differs from ``remote_digest``: ``None`` for
+        an origin the peer has and this node does not. The peer rebuilds this
+        node's whole digest from its own and the diff, so an exchange between
+        nodes that agree carries one O(N) digest, not two. ValueError if the
+        digest is malformed."""
+        remote = _parse_digest(remote_digest)
+        mine = self.digest()
+        diff: dict[str, list[int] | None] = {
+            o: d for o, d in mine.items() if remote.get(o) != tuple(d)
+        }
+        diff.update((o, None) for o in remote if o not in mine)
+        return diff
+
+    @staticmethod
+    def patch_digest(base: dict[str, list[int]], diff: Any) -> dict[str, list[int]]:
+        """A peer's digest from the ``base`` this node sent it and the peer's
+        ``digest_diff`` of it. ValueError if the diff is malformed."""
+        if not isinstance(diff, dict):
+            raise ValueError(f"digest diff must be an object, got {type(diff).__name__}")
+        gone = {o for o, d in diff.items() if d is None}
+        _parse_digest({o: d for o, d in diff.items() if d is not None})  # checks them
+        out = {o: d for o, d in base.items() if o not in gone}
+        out.update((o, d) for o, d in diff.items() if d is not None)
+        return out
+
     def delta_for(self, remote_digest: Any, max_entries: int) -> dict[str, Any]:
         """What a peer with ``remote_digest`` lacks, at most ``max_entries`` entries.
 

@@ -311,6 +311,43 @@ def test_node_states_converge_and_a_dead_node_is_forgotten() -> None:
     simulate(main())
 
 
+def states_agree(cluster: Cluster) -> bool:
+    return len({json.dumps(n.states.digest(), sort_keys=True) for n in cluster.live}) == 1
+
+
+def test_a_peer_in_agreement_answers_a_pull_without_a_digest() -> None:
+    """The push reply carries only where the peer's digest differs from the
+    puller's, so an exchange between nodes that agree costs one digest."""
+
+    async def main() -> None:
+        cluster = Cluster(4, seed=8)
+        for node in cluster.nodes:
+            node.states.set("node", {"i": node.address})
+        await cluster.start()
+        await wait_for(lambda: states_agree(cluster), deadline_s=10.0)
+        target, member = cluster.nodes[0], _addr(1)
+
+        async def pull(digest: dict[str, Any]) -> dict[str, Any]:
+            reply = await cluster.net.endpoint(member).request(
+                target.address, bytes([GOSSIP]) + _sealed({"t": "pull", "f": member, "d": digest}),
+                timeout_s=0.5)
+            body: dict[str, Any] = json.loads(Signer([KEY]).open(reply))
+            return body
+
+        digest = target.states.digest()
+        body = await pull(digest)
+        assert body["t"] == "push" and body["dd"] == {} and "d" not in body
+        behind = {**digest, _addr(2): [digest[_addr(2)][0], 0, 0]}
+        del behind[_addr(3)]
+        body = await pull({**behind, "10.0.1.77:8034": [1, 1, 0]})
+        assert body["dd"] == {_addr(2): digest[_addr(2)], _addr(3): digest[_addr(3)],
+                              "10.0.1.77:8034": None}
+        assert sorted(body["s"]["o"]) == [_addr(2), _addr(3)]
+        await cluster.stop()
+
+    simulate(main())
+
+
 # -- bad input ---------------------------------------------------------------------
 
 
@@ -326,7 +363,7 @@ def test_bad_gossip_messages_are_dropped_and_counted(caplog: pytest.LogCaptureFi
         await cluster.start()
         cluster.nodes[1].put("model/f", {"v": 1})
         await wait_for(lambda: cluster.replicas_agree("model/f", {"v": 1}), deadline_s=10.0)
-        await asyncio.sleep(3.0)  # node states settle too
+        await wait_for(lambda: states_agree(cluster), deadline_s=10.0)
 
         target = cluster.nodes[0]
         member, other = _addr(1), _addr(2)

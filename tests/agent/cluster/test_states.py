@@ -611,3 +611,44 @@ def test_random_writes_drops_delays_and_restarts_converge(seed: int) -> None:
         for key in (f"m/{i}" for i in range(12)):
             expected = sorted(n for n in names if nodes[n].get(n, key) is not None)
             assert nodes[name].holders(key) == expected
+
+
+# --- digest diffs --------------------------------------------------------------------
+
+
+def test_a_digest_diff_rebuilds_the_whole_digest() -> None:
+    a, b = node(A), node(B)
+    a.set("k", {"v": 1})
+    b.set("k", {"v": 2})
+    exchange(a, b)
+    c = node(C)
+    c.set("x", {"v": 1})
+    b.apply(c.delta_for({}, 100))  # b knows C; a does not
+    a.set("k", {"v": 3})  # a is ahead of b on A
+    d = node(D)
+    a.apply(d.delta_for({}, 100))  # a knows D; b does not
+    sent = a.digest()
+    diff = b.digest_diff(sent)
+    assert set(diff) == {A, C, D}  # A differs, C only at b, D only at a
+    assert diff[D] is None
+    assert NodeStates.patch_digest(sent, diff) == b.digest()
+
+
+def test_nodes_that_agree_have_an_empty_diff() -> None:
+    a, b = node(A), node(B)
+    a.set("k", {"v": 1})
+    b.set("k", {"v": 1})
+    converge([a, b], 100)
+    assert b.digest_diff(a.digest()) == {}
+    assert NodeStates.patch_digest(a.digest(), {}) == b.digest()
+
+
+@pytest.mark.parametrize("diff", [None, [], {A: [1, 2]}, {A: "x"}, {A: [1, -1, 0]}])
+def test_a_malformed_digest_diff_is_refused(diff: Any) -> None:
+    with pytest.raises(ValueError):
+        NodeStates.patch_digest({A: [1, 1, 0]}, diff)
+
+
+def test_a_malformed_digest_has_no_diff() -> None:
+    with pytest.raises(ValueError):
+        node(A).digest_diff({B: [1, 2]})
