@@ -20,6 +20,10 @@ loopback, each with its own MLServer, default cluster settings:
    ``failed_requests`` counts client errors; ``recovery_s`` is, over the
    killed node's models, the longest time from the kill until a request sent
    after it was answered (a retry onto a survivor's copy, or a load there).
+3. *bulk registration*: a second agent joins a first with ``--bulk`` demo
+   models registered at its start (one batch); ``bulk_replication_s`` is the
+   time from that agent being ready until the first agent's registry holds
+   them all (read from its SQLite file, read-only).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import time
 from typing import Any
 
@@ -55,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--after", type=float, default=5.0, help="seconds of traffic after the kill")
     p.add_argument("--samples", type=int, default=1000,
                    help="sequential requests per model for the forwarding latency")
+    p.add_argument("--bulk", type=int, default=20_000,
+                   help="registrations made at once on one node for the replication time "
+                        "(0 skips it)")
 
 
 def _cluster(n: int, keep: bool, env: dict[str, str]) -> list[BenchAgent]:
@@ -212,6 +220,35 @@ def _node_loss(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _registered(agent: BenchAgent) -> int:
+    with sqlite3.connect(f"file:{agent.data_dir / 'registry.sqlite3'}?mode=ro", uri=True) as db:
+        count: int = db.execute("SELECT count(*) FROM models").fetchone()[0]
+    return count
+
+
+def _bulk(args: argparse.Namespace) -> dict[str, Any]:
+    progress(f"real: {args.bulk:,} registrations on one node reaching another")
+    agents = _cluster(1, args.keep, {})
+    try:
+        seed = f"127.0.0.1:{agents[0].process.info['peer_port']}"
+        env = {"MESHLET_CLUSTER_KEYS": json.dumps([KEY]), "MESHLET_PEER_HOST": "127.0.0.1"}
+        agents.append(BenchAgent(args.bulk, BUDGET, args.keep, env, ["--peers", seed],
+                                 label="bulk").start())
+        began = time.monotonic()
+        deadline = began + 600
+        held = _registered(agents[0])
+        while held < args.bulk:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {held:,} of {args.bulk:,} replicated in 600 s")
+            time.sleep(0.1)  # poll: the peer's SQLite file
+            held = _registered(agents[0])
+        took = time.monotonic() - began
+    finally:
+        for agent in agents:
+            agent.stop()
+    return {"bulk_models": args.bulk, "bulk_replication_s": round(took, 2)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     env = environment()
     print_environment(env)
@@ -231,7 +268,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.real:
         forwarding = _forwarding(args)
         loss = _node_loss(args)
-        result["real"] = {**loss, **forwarding, "rate": args.rate, "models": args.models}
+        bulk = _bulk(args) if args.bulk else {}
+        result["real"] = {**loss, **forwarding, **bulk, "rate": args.rate,
+                          "models": args.models}
         say("real agents on loopback:")
         say(f"  forwarded request: p50 {forwarding['forwarded_p50_ms']:.2f} ms vs local "
             f"{forwarding['local_p50_ms']:.2f} ms: added {forwarding['forward_added_p50_ms']:.2f}"
@@ -239,4 +278,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"  SIGKILL under {args.rate:.0f} req/s: {loss['failed_requests']} failed of "
             f"{loss['requests']} (target 0), recovery {loss['recovery_s']:.3f} s, latency p99 "
             f"{loss['latency_p99_ms']:.1f} ms, max {loss['latency_max_ms']:.1f} ms")
+        if bulk:
+            say(f"  {args.bulk:,} registrations made at once on one node held by another "
+                f"{bulk['bulk_replication_s']:.1f} s after")
     return result
