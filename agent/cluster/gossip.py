@@ -43,6 +43,7 @@ from typing import Any
 
 from agent.cluster.auth import BadMessage, Signer
 from agent.cluster.membership import Membership, State
+from agent.cluster.periodic import every
 from agent.cluster.replica import Entry, Replica
 from agent.cluster.states import NodeStates
 from agent.cluster.transport import PeerUnreachable, Transport
@@ -118,8 +119,8 @@ class Gossip:
         self._running = True
         self._transport.serve(self._handle)
         s = self.settings
-        self._spawn(self._every(self._state_round, s.interval_s))
-        self._spawn(self._every(self._anti_entropy, s.registry_sync_interval_s))
+        self._spawn(every(self._state_round, s.interval_s, self._rng, "gossip"))
+        self._spawn(every(self._anti_entropy, s.registry_sync_interval_s, self._rng, "gossip"))
         self._spawn(self._rumor_loop())
 
     async def stop(self) -> None:
@@ -141,17 +142,6 @@ class Gossip:
         return await self._exchange_states(peer) and await self._registry_sync(peer)
 
     # -- loops ---------------------------------------------------------------------
-
-    async def _every(self, body: Callable[[], Awaitable[Any]], interval: float) -> None:
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(self._rng.uniform(0, interval))  # random phase
-        while True:
-            began = loop.time()
-            try:
-                await body()
-            except Exception:
-                log.exception("gossip loop %s failed; going on", body.__name__)
-            await asyncio.sleep(max(0.0, began + interval - loop.time()))
 
     async def _state_round(self) -> None:
         peers = self._sample(self._live_others(), self.settings.fanout)

@@ -59,11 +59,12 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard
 
 from agent.cluster.auth import BadMessage, Signer
+from agent.cluster.periodic import every
 from agent.cluster.transport import PeerUnreachable, Transport
 
 log = logging.getLogger(__name__)
@@ -232,10 +233,10 @@ class Membership:
         self._running = True
         self._transport.serve(self._handle)
         s = self.settings
-        self._spawn(self._every(self._probe_once, s.probe_interval_s))
-        self._spawn(self._every(self._gossip_once, s.gossip_interval_s))
-        self._spawn(self._every(self._sync_once, s.sync_interval_s))
-        self._spawn(self._every(self._reconnect_once, s.reconnect_interval_s))
+        self._spawn(every(self._probe_once, s.probe_interval_s, self._rng, "membership"))
+        self._spawn(every(self._gossip_once, s.gossip_interval_s, self._rng, "membership"))
+        self._spawn(every(self._sync_once, s.sync_interval_s, self._rng, "membership"))
+        self._spawn(every(self._reconnect_once, s.reconnect_interval_s, self._rng, "membership"))
 
     async def join(self, seeds: Iterable[str]) -> int:
         """Push-pull the full table with each seed; returns how many answered."""
@@ -273,19 +274,6 @@ class Membership:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- the loops -----------------------------------------------------------------
-
-    async def _every(self, body: Callable[[], Awaitable[None]], interval: float) -> None:
-        """Run ``body`` forever, each run starting ``interval`` after the last began."""
-        loop = asyncio.get_running_loop()
-        # A random phase, so nodes started together do not act in lockstep.
-        await asyncio.sleep(self._rng.uniform(0, interval))
-        while True:
-            began = loop.time()
-            try:
-                await body()
-            except Exception:
-                log.exception("membership loop %s failed; going on", body.__name__)
-            await asyncio.sleep(max(0.0, began + interval - loop.time()))
 
     async def _probe_once(self) -> None:
         target = self._next_probe_target()
