@@ -140,6 +140,14 @@ async def wait_for(condition: Callable[[], bool], deadline_s: float, step_s: flo
     return loop.time() - began
 
 
+def holds_dead(nodes: list[Node], gone: list[Node]) -> bool:
+    """Whether every node of ``nodes`` holds every node of ``gone`` DEAD."""
+    return all(
+        (m := n.membership.member(g.address)) is not None and m.state is State.DEAD
+        for n in nodes for g in gone
+    )
+
+
 def _stamps(cluster: Cluster, key: str) -> set[Any]:
     """The distinct stamps of ``key`` across the cluster (``None`` where it is absent)."""
     return {e.stamp if (e := n.replica.entry(key)) else None for n in cluster.nodes}
@@ -179,8 +187,8 @@ def test_delete_wins_and_a_partitioned_stale_node_does_not_resurrect() -> None:
         away = cluster.nodes[7]
         rest = [n for n in cluster.nodes if n is not away]
         cluster.net.partition([away.address], [n.address for n in rest])
-        await asyncio.sleep(5.0)  # long enough for each side to hold the other DEAD
-        assert rest[0].membership.member(away.address).state is State.DEAD  # type: ignore[union-attr]
+        await wait_for(lambda: holds_dead(rest, [away]) and holds_dead([away], rest),
+                       deadline_s=10.0)
         cluster.nodes[1].delete("model/b")
         await wait_for(lambda: cluster.replicas_agree("model/b", None, rest), deadline_s=10.0)
         assert away.replica.get("model/b") == value, "the partitioned node still holds it"
@@ -213,7 +221,8 @@ def test_concurrent_writes_across_a_partition_converge_after_heal() -> None:
         await cluster.start()
         side_a, side_b = cluster.nodes[:5], cluster.nodes[5:]
         cluster.net.partition([n.address for n in side_a], [n.address for n in side_b])
-        await asyncio.sleep(3.0)
+        await wait_for(lambda: holds_dead(side_a, side_b) and holds_dead(side_b, side_a),
+                       deadline_s=10.0)
         side_a[0].put("model/c", {"side": "a"})
         side_b[0].put("model/c", {"side": "b"})
         side_b[1].put("model/only-b", {"side": "b"})
@@ -255,7 +264,7 @@ def test_a_node_minutes_ahead_still_converges_and_later_writes_win() -> None:
         third = cluster.nodes[5].put("model/d", {"v": "third"})
         assert third.stamp > later.stamp
         await wait_for(lambda: cluster.replicas_agree("model/d", third.value), deadline_s=10.0)
-        await asyncio.sleep(6.0)  # an anti-entropy round: nothing flips back
+        await asyncio.sleep(6.0)  # poll window: an anti-entropy round, nothing flips back
         assert cluster.replicas_agree("model/d", third.value)
         assert normal.clock.ahead_observed > 0, "the skew was noticed"
         await cluster.stop()
