@@ -65,8 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(0 skips it)")
 
 
+def _cluster_env() -> dict[str, str]:
+    """What every agent of a bench cluster shares: the key, the peer host."""
+    return {"MESHLET_CLUSTER_KEYS": json.dumps([KEY]), "MESHLET_PEER_HOST": "127.0.0.1"}
+
+
 def _cluster(n: int, keep: bool, env: dict[str, str]) -> list[BenchAgent]:
-    base = {"MESHLET_CLUSTER_KEYS": json.dumps([KEY]), "MESHLET_PEER_HOST": "127.0.0.1", **env}
+    base = {**_cluster_env(), **env}
     agents: list[BenchAgent] = []
     try:
         first = BenchAgent(0, BUDGET, keep, base, label="node-0").start()
@@ -231,8 +236,7 @@ def _bulk(args: argparse.Namespace) -> dict[str, Any]:
     agents = _cluster(1, args.keep, {})
     try:
         seed = f"127.0.0.1:{agents[0].process.info['peer_port']}"
-        env = {"MESHLET_CLUSTER_KEYS": json.dumps([KEY]), "MESHLET_PEER_HOST": "127.0.0.1"}
-        agents.append(BenchAgent(args.bulk, BUDGET, args.keep, env, ["--peers", seed],
+        agents.append(BenchAgent(args.bulk, BUDGET, args.keep, _cluster_env(), ["--peers", seed],
                                  label="bulk").start())
         began = time.monotonic()
         deadline = began + 600
