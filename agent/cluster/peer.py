@@ -1,6 +1,7 @@
 """This agent's place in the cluster: the peer port and everything carried on it.
 
-``ClusterNode`` runs the peer gRPC server (``peer_port``) and, multiplexed on
+``ClusterNode`` opens the peer port (``peer_port``, framed TCP:
+``agent.cluster.stream_transport``) and, multiplexed on
 it (``agent.cluster.mux``): membership (``agent.cluster.membership``), gossip
 of node states and the registry (``agent.cluster.gossip``) and forwarded
 inference (``agent.cluster.forward``), every message sealed with the cluster
@@ -29,13 +30,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import grpc
-
 from agent.cluster.auth import Signer
 from agent.cluster.copies import CopyKeeper, CopySettings
 from agent.cluster.forward import Forwarder
 from agent.cluster.gossip import Gossip, GossipSettings
-from agent.cluster.grpc_transport import GrpcTransport
 from agent.cluster.hlc import HybridClock
 from agent.cluster.membership import Member, Membership, MembershipSettings
 from agent.cluster.mux import FORWARD, GOSSIP, MEMBERSHIP, Mux
@@ -44,6 +42,7 @@ from agent.cluster.replica import Replica
 from agent.cluster.routing import MODEL_KEY, NODE_KEY, ClusterRouting, NodeSummary
 from agent.cluster.seeds import resolve_seeds
 from agent.cluster.states import NodeStates
+from agent.cluster.stream_transport import StreamTransport
 from agent.cluster.tls import PeerTls
 from agent.inventory import Inventory, LoadedModel
 from agent.metrics import ClusterFigures
@@ -95,8 +94,7 @@ class ClusterNode:
     def __init__(self, config: ClusterConfig, local: LocalNode) -> None:
         self.config = config
         self._local = local
-        self._server: grpc.aio.Server | None = None
-        self._transport: GrpcTransport | None = None
+        self._transport: StreamTransport | None = None
         self.membership: Membership | None = None
         self.gossip: Gossip | None = None
         self.states: NodeStates | None = None
@@ -114,20 +112,9 @@ class ClusterNode:
     async def start(self) -> None:
         c = self.config
         largest = max(c.max_message_bytes, c.max_request_bytes + FORWARD_HEADROOM)
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", largest),
-            ("grpc.max_send_message_length", largest),
-            ("grpc.so_reuseport", 0),
-        ])
-        where = f"{c.host}:{c.port}"
-        if c.tls is not None:
-            self.port = server.add_secure_port(where, c.tls.server_credentials())
-        else:
-            self.port = server.add_insecure_port(where)
-        transport = GrpcTransport(self.address, largest, tls=c.tls)
-        server.add_generic_rpc_handlers([transport.rpc_handler()])
-        await server.start()
-        self._server, self._transport = server, transport
+        transport = StreamTransport(c.advertise_host, largest, tls=c.tls)
+        self.port = await transport.listen(c.host, c.port)
+        self._transport = transport
         mux = Mux(transport)
         signer = Signer(c.keys, max_bytes=c.max_message_bytes)
         self.membership = Membership(
@@ -247,7 +234,7 @@ class ClusterNode:
 
     def drop_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for part in (self.membership, self.gossip, self.forwarder):
+        for part in (self.membership, self.gossip, self.forwarder, self._transport):
             if part is None:
                 continue
             dropped = part.drop_counts() if isinstance(part, Membership) else part.dropped
@@ -286,9 +273,7 @@ class ClusterNode:
         await self.leave()
         if self.gossip is not None:
             await self.gossip.stop()
-        if self._server is not None:
-            await self._server.stop(self.config.grace_s)
+        if self._transport is not None:
+            await self._transport.close(self.config.grace_s)
         if self.forwarder is not None:
             self.forwarder.serve(None)
-        if self._transport is not None:
-            await self._transport.close()

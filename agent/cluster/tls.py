@@ -15,11 +15,10 @@ every pod, whatever its IP. The same certificate is presented as the client's.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-
-import grpc
 
 DEFAULT_SERVER_NAME = "meshlet-peer"
 
@@ -61,20 +60,18 @@ class PeerTls:
                 raise ValueError(f"peer TLS {name} {path}: not a PEM file")
         return cls(paths["certificate"], paths["key"], paths["CA certificate"], server_name)
 
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """For ``server.add_secure_port``: present our certificate, require the client's."""
-        return grpc.ssl_server_credentials(
-            [(self.key_file.read_bytes(), self.cert_file.read_bytes())],
-            root_certificates=self.ca_file.read_bytes(),
-            require_client_auth=True,
-        )
+    def server_context(self) -> ssl.SSLContext:
+        """For the peer port's listener: present our certificate, require the client's."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        context.load_verify_locations(cafile=self.ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        """For ``grpc.aio.secure_channel``: trust the CA only, present our certificate.
-
-        Use with ``("grpc.ssl_target_name_override", self.server_name)``."""
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_file.read_bytes(),
-            private_key=self.key_file.read_bytes(),
-            certificate_chain=self.cert_file.read_bytes(),
-        )
+    def client_context(self) -> ssl.SSLContext:
+        """For dialling peers: trust the CA only, present our certificate. Dial with
+        ``server_hostname=self.server_name``: that name is checked, not the IP."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        context.load_verify_locations(cafile=self.ca_file)
+        return context

@@ -3,19 +3,20 @@
 Decisions:
 
 - **Request/response, not datagrams.** SWIM is usually drawn over UDP, but the peer
-  port is gRPC (DESIGN.md), which is request/response. So a ping's ack is the reply
+  port is request/response (``agent.cluster.stream_transport``: framed TCP, one
+  connection per peer carrying many requests at once). So a ping's ack is the reply
   to the ping, and a lost message in either direction looks the same to the sender:
   ``request`` raises ``PeerUnreachable`` once ``timeout_s`` passes.
 - **Opaque bytes.** The transport neither signs nor parses; ``agent.cluster.auth``
-  seals payloads and ``agent.cluster.membership`` encodes them. A gRPC transport is
-  then one unary method carrying ``bytes`` each way.
+  seals payloads and ``agent.cluster.membership`` encodes them. The TCP transport
+  then carries ``bytes`` each way.
 - **The handler sees who sent.** ``serve`` registers ``handler(sender, payload)``;
   ``sender`` is what the transport itself knows of the caller, so membership can drop
   a message whose claimed address is not its real one. The in-memory network passes
-  the sender's full address; a transport that only knows the remote host (gRPC: the
+  the sender's full address; a transport that only knows the remote host (TCP: the
   source port is ephemeral) passes the bare host, and membership compares hosts.
 - **A handler returning ``None`` drops the request**: the caller gets
-  ``PeerUnreachable`` (gRPC: an error status), exactly as if the message were lost.
+  ``PeerUnreachable`` (TCP: a DROPPED frame), exactly as if the message were lost.
 - **Time is the event loop's.** Membership uses ``loop.time()`` and ``asyncio.sleep``
   and nothing else, so production needs no clock object, and simulations run on
   ``VirtualTimeLoop``, whose clock jumps to the next timer whenever every task is
@@ -53,7 +54,7 @@ class PeerUnreachable(MeshletError):
 
 
 class Transport(Protocol):
-    """One node's end of the peer network (extension point: in-memory now, gRPC later)."""
+    """One node's end of the peer network (in memory for tests, TCP in the agent)."""
 
     @property
     def address(self) -> str:

@@ -1,4 +1,4 @@
-"""Mutual TLS on the peer port: a real gRPC server on loopback, certificates made here."""
+"""Mutual TLS on the peer port: a real listener on loopback, certificates made here."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 
-from agent.cluster.grpc_transport import GrpcTransport
+from agent.cluster.stream_transport import StreamTransport
 from agent.cluster.tls import PeerTls
 from agent.cluster.transport import PeerUnreachable
 from tests.certs import Ca, make_ca, make_peer_tls, write_pem
@@ -43,7 +42,7 @@ def pki(tmp_path: Path) -> _Pki:
 @pytest.fixture
 async def server_address(pki: _Pki) -> AsyncIterator[str]:
     """A peer server on loopback over mutual TLS whose handler echoes with a prefix."""
-    transport = GrpcTransport("127.0.0.1:0", MAX_BYTES, tls=pki.server)
+    transport = StreamTransport("127.0.0.1", MAX_BYTES, tls=pki.server)
     senders: list[str] = []
 
     async def echo(sender: str, payload: bytes) -> bytes:
@@ -51,20 +50,16 @@ async def server_address(pki: _Pki) -> AsyncIterator[str]:
         return b"echo:" + payload
 
     transport.serve(echo)
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers([transport.rpc_handler()])
-    port = server.add_secure_port("127.0.0.1:0", pki.server.server_credentials())
-    await server.start()
+    port = await transport.listen("127.0.0.1", 0)
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        await server.stop(0)
         await transport.close()
     assert all(s == "127.0.0.1" for s in senders)
 
 
 async def _ask(address: str, tls: PeerTls | None) -> bytes:
-    client = GrpcTransport("127.0.0.1:1", MAX_BYTES, tls=tls)
+    client = StreamTransport("127.0.0.1", MAX_BYTES, tls=tls)
     try:
         return await client.request(address, b"hello", TIMEOUT_S)
     finally:
