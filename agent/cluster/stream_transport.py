@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import ssl
 from collections import Counter
@@ -50,6 +51,17 @@ HANDSHAKE_TIMEOUT_S = 10.0
 
 def _frame(kind: int, ident: int, payload: bytes) -> bytes:
     return bytes([kind]) + ident.to_bytes(4, "big") + len(payload).to_bytes(4, "big") + payload
+
+
+def _host(host: str) -> str:
+    """The sender's host as peers advertise it: an IPv4 client of a dual-stack
+    listener shows as ``::ffff:10.0.0.7``; that is ``10.0.0.7``."""
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped) if mapped is not None else host
 
 
 class BadFrame(Exception):
@@ -231,7 +243,7 @@ class StreamTransport:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         peer = writer.get_extra_info("peername")
-        sender = str(peer[0]) if peer else "?"
+        sender = _host(str(peer[0])) if peer else "?"
         self._served.add(writer)
         try:
             while True:

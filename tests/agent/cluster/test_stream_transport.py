@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from agent.cluster.stream_transport import REQUEST, StreamTransport, _frame
+from agent.cluster.stream_transport import REQUEST, StreamTransport, _frame, _host
 from agent.cluster.transport import PeerUnreachable
 
 MAX_BYTES = 64 << 10
@@ -199,3 +199,13 @@ async def test_close_lets_requests_being_answered_finish_within_the_grace(
     await asyncio.wait_for(closing, TIMEOUT_S)
     with pytest.raises(PeerUnreachable):
         await client.request(peer.address, b"after", TIMEOUT_S)
+
+
+@pytest.mark.parametrize(("seen", "host"), [
+    ("10.0.0.7", "10.0.0.7"),
+    ("::ffff:10.0.0.7", "10.0.0.7"),  # an IPv4 client of a dual-stack listener
+    ("fd00::7", "fd00::7"),
+    ("fe80::1%eth0", "fe80::1%eth0"),
+])
+def test_the_sender_is_the_host_peers_advertise(seen: str, host: str) -> None:
+    assert _host(seen) == host
