@@ -192,8 +192,8 @@ async def test_close_lets_requests_being_answered_finish_within_the_grace(
     asked = asyncio.create_task(client.request(peer.address, b"x", TIMEOUT_S))
     await asyncio.wait_for(started.wait(), TIMEOUT_S)
     closing = asyncio.create_task(peer.transport.close(grace_s=TIMEOUT_S))
-    await asyncio.sleep(0)  # let close stop the listener and start waiting
-    assert not closing.done()
+    done, _ = await asyncio.wait({closing}, timeout=0.2)
+    assert not done, "close returned while a request was still being answered"
     release.set()
     assert await asyncio.wait_for(asked, TIMEOUT_S) == b"done x"
     await asyncio.wait_for(closing, TIMEOUT_S)
