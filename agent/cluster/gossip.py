@@ -175,9 +175,7 @@ class Gossip:
             return False
         try:
             await self._apply_delta(reply.get("s"))
-            # "d": a whole digest, as agents before the digest diff answered.
-            theirs = (reply["d"] if "d" in reply
-                      else NodeStates.patch_digest(sent, reply.get("dd")))
+            theirs = NodeStates.patch_digest(sent, reply.get("dd"))
             back = self.states.delta_for(theirs, self.settings.max_entries)
         except ValueError as e:
             self._drop("malformed", peer, str(e))

@@ -34,6 +34,19 @@ class Peer:
     async def echo(_sender: str, payload: bytes) -> bytes:
         return b"echo:" + payload
 
+    def hold(self) -> tuple[asyncio.Event, asyncio.Event]:
+        """From now on the handler waits to be let go: ``(started, release)``; once
+        released it answers ``b"done " + payload``."""
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def held(_sender: str, payload: bytes) -> bytes:
+            started.set()
+            await release.wait()
+            return b"done " + payload
+
+        self.handler = held
+        return started, release
+
 
 @pytest.fixture
 async def peer() -> AsyncIterator[Peer]:
@@ -115,13 +128,7 @@ async def test_nobody_listening_is_unreachable(client: StreamTransport) -> None:
 async def test_a_silent_peer_is_unreachable_after_the_timeout(
     peer: Peer, client: StreamTransport
 ) -> None:
-    never = asyncio.Event()
-
-    async def hang(_sender: str, _payload: bytes) -> bytes:
-        await never.wait()
-        return b""
-
-    peer.handler = hang
+    peer.hold()
     with pytest.raises(PeerUnreachable, match=r"no answer in 0\.2 s"):
         await client.request(peer.address, b"x", timeout_s=0.2)
     peer.handler = peer.echo  # the connection is still good
@@ -163,14 +170,7 @@ async def test_garbage_on_the_port_closes_that_connection_only(
 async def test_a_peer_that_goes_away_fails_waiting_requests_at_once(
     peer: Peer, client: StreamTransport
 ) -> None:
-    started, never = asyncio.Event(), asyncio.Event()
-
-    async def hang(_sender: str, _payload: bytes) -> bytes:
-        started.set()
-        await never.wait()
-        return b""
-
-    peer.handler = hang
+    started, _ = peer.hold()
     asked = asyncio.create_task(client.request(peer.address, b"x", timeout_s=60.0))
     await asyncio.wait_for(started.wait(), TIMEOUT_S)
     await peer.transport.close()
@@ -181,14 +181,7 @@ async def test_a_peer_that_goes_away_fails_waiting_requests_at_once(
 async def test_close_lets_requests_being_answered_finish_within_the_grace(
     peer: Peer, client: StreamTransport
 ) -> None:
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(_sender: str, payload: bytes) -> bytes:
-        started.set()
-        await release.wait()
-        return b"done " + payload
-
-    peer.handler = slow
+    started, release = peer.hold()
     asked = asyncio.create_task(client.request(peer.address, b"x", TIMEOUT_S))
     await asyncio.wait_for(started.wait(), TIMEOUT_S)
     closing = asyncio.create_task(peer.transport.close(grace_s=TIMEOUT_S))
