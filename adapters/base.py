@@ -28,8 +28,9 @@ Contract:
 from __future__ import annotations
 
 import abc
+import asyncio
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -94,6 +95,18 @@ class RuntimeAdapter(abc.ABC):
     def unavailable_reason(self) -> str:
         return ""
 
+    async def wait_available(self, timeout_s: float, interval_s: float = 0.05) -> bool:
+        """Wait until ``available`` (a restarting runtime is back); False at the
+        deadline. Polled: a runtime restarts seldom, and every adapter has
+        ``available`` already."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.available:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(min(interval_s, max(deadline - loop.time(), 0)))
+        return True
+
     @abc.abstractmethod
     def supports(self, model_type: str) -> bool:
         """Whether this runtime can serve models of ``model_type``."""
@@ -138,6 +151,54 @@ ADAPTERS: dict[str, str] = {
     "mlserver": "adapters.mlserver.adapter:MLServerAdapter",
     "triton": "adapters.triton.adapter:TritonAdapter",
 }
+
+
+# name -> "module:attribute": the model types each runtime kind serves (a
+# collection of names), importable without starting the runtime or importing
+# its server, so that a registration can be judged, and pointed at the runtime
+# that serves its type, on a node that does not run that runtime.
+MODEL_TYPES: dict[str, str] = {
+    "mlserver": "adapters.mlserver.model_settings:IMPLEMENTATIONS",
+    "triton": "adapters.triton.layout:FORMATS",
+}
+
+# name -> "module:function": ``function(model_type)`` is the Python package the
+# runtime needs for that type and lacks here (None: nothing missing). Runtimes
+# whose types need no extra package are not listed.
+MISSING_PACKAGE: dict[str, str] = {
+    "mlserver": "adapters.mlserver.model_settings:missing_package",
+}
+
+
+def _target(table: dict[str, str], kind: str) -> object:
+    module_name, _, name = table[kind].partition(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def served_types(kind: str) -> frozenset[str]:
+    """The model types runtime ``kind`` serves where it has what they need
+    (``RuntimeAdapter.supports`` of a started runtime may say less)."""
+    if kind not in MODEL_TYPES:
+        return frozenset()
+    types = _target(MODEL_TYPES, kind)
+    assert isinstance(types, Collection)
+    return frozenset(types)
+
+
+def runtimes_serving(model_type: str) -> list[str]:
+    """The runtime kinds that serve ``model_type``, by name."""
+    return sorted(kind for kind in MODEL_TYPES if model_type in served_types(kind))
+
+
+def missing_package(kind: str, model_type: str) -> str | None:
+    """The package runtime ``kind`` needs for ``model_type`` and that is not
+    installed here (checked without importing it), or None."""
+    if kind not in MISSING_PACKAGE:
+        return None
+    check = _target(MISSING_PACKAGE, kind)
+    assert callable(check)
+    missing = check(model_type)
+    return str(missing) if missing else None
 
 
 def adapter_class(kind: str) -> type[RuntimeAdapter]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Callable, Mapping
@@ -26,7 +27,13 @@ import grpc
 
 from adapters.base import RuntimeOptions
 from adapters.supervisor import SupervisedProcess, describe_returncode
-from agent.errors import Code, LoadFailed, RuntimeRequestFailed, RuntimeUnavailable
+from agent.errors import (
+    Code,
+    LoadFailed,
+    RuntimeRequestFailed,
+    RuntimeRestarted,
+    RuntimeUnavailable,
+)
 from agent.proto import grpc_service_pb2 as pb
 from agent.proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -43,6 +50,10 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
 ]
 _READY_CHECK_TIMEOUT_S = 1.0
+# A load whose connection broke waits this long for the supervisor to see the
+# process exit, to tell a dead runtime (the load may be tried again on its
+# successor) from a refusal.
+_EXIT_NOTICE_S = 5.0
 
 
 def free_ports(count: int) -> list[int]:
@@ -65,6 +76,17 @@ def free_ports(count: int) -> list[int]:
 
 def grpc_code(err: grpc.aio.AioRpcError) -> Code:
     return Code.from_number(err.code().value[0])
+
+
+def cancelled_by_caller() -> bool:
+    """Whether a ``CancelledError`` just caught is our own task's cancellation.
+
+    Closing a grpc.aio channel (its server died) cancels the calls on it, and
+    the awaiting coroutine sees ``CancelledError`` although nobody cancelled
+    it. Only a real cancellation may propagate: any other becomes an error
+    the caller answers with, or a gRPC client waits forever."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class RuntimeProcess(abc.ABC):
@@ -94,6 +116,7 @@ class RuntimeProcess(abc.ABC):
         self._grpc_channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self._ready_event = asyncio.Event()
+        self._exited = asyncio.Event()  # the current child died (renewed per spawn)
         self._liveness: asyncio.Task[None] | None = None
         self._process = SupervisedProcess(
             name,
@@ -167,6 +190,7 @@ class RuntimeProcess(abc.ABC):
     async def _connect(self) -> None:
         """After each spawn: wait for gRPC ServerReady, then attach."""
         self.generation += 1
+        self._exited = asyncio.Event()
         grpc_channel = grpc.aio.insecure_channel(self.grpc_address, options=GRPC_OPTIONS)
         stub = pb_grpc.GRPCInferenceServiceStub(grpc_channel)
 
@@ -220,6 +244,7 @@ class RuntimeProcess(abc.ABC):
         """The child died: stop routing to it, report what it held."""
         self.ready = False
         self._ready_event.clear()
+        self._exited.set()
         self.last_error = f"{self.name} exited ({describe_returncode(returncode)}); restarting"
         lost = sorted(self.models)
         self.models.clear()
@@ -247,7 +272,7 @@ class RuntimeProcess(abc.ABC):
         """Ask the runtime to load ``model_id`` from its repository; return once
         it reports the model ready. Raises ``LoadFailed`` with the runtime's reason."""
         stub = self._require_stub()
-        generation = self.generation
+        generation, exited = self.generation, self._exited
         timeout = self._options.load_timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -258,7 +283,20 @@ class RuntimeProcess(abc.ABC):
             response = await stub.ModelReady(
                 pb.ModelReadyRequest(name=model_id), timeout=max(deadline - loop.time(), 0.001)
             )
+        except asyncio.CancelledError:
+            if cancelled_by_caller():
+                raise
+            raise RuntimeRestarted(f"{self.name} went away while loading {model_id!r}") from None
         except grpc.aio.AioRpcError as err:
+            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                # The connection broke: the process is most likely dying, and the
+                # supervisor sees its exit a moment after gRPC sees the socket close.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(exited.wait(), _EXIT_NOTICE_S)
+            if exited.is_set():
+                raise RuntimeRestarted(
+                    f"{self.name} went away while loading {model_id!r}: {err.details()}"
+                ) from None
             if err.code() == grpc.StatusCode.UNAVAILABLE:
                 raise RuntimeUnavailable(f"{self.name}: {err.details()}") from None
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -269,7 +307,7 @@ class RuntimeProcess(abc.ABC):
                 f"model {model_id!r}: {self.label} could not load it: {err.details()}"
             ) from None
         if generation != self.generation or not self.ready:
-            raise RuntimeUnavailable(f"{self.name} restarted while loading {model_id!r}")
+            raise RuntimeRestarted(f"{self.name} restarted while loading {model_id!r}")
         if not response.ready:
             raise LoadFailed(
                 f"model {model_id!r}: {self.label} loaded it but reports it not ready"
@@ -286,6 +324,10 @@ class RuntimeProcess(abc.ABC):
                 pb.RepositoryModelUnloadRequest(model_name=model_id),
                 timeout=self._options.load_timeout_s,
             )
+        except asyncio.CancelledError:
+            if cancelled_by_caller():
+                raise
+            return  # it died meanwhile: it holds nothing now
         except grpc.aio.AioRpcError as err:
             if err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
                 return
@@ -299,6 +341,10 @@ class RuntimeProcess(abc.ABC):
                 pb.ModelMetadataRequest(name=model_id),
                 timeout=self._options.load_timeout_s,
             )
+        except asyncio.CancelledError:
+            if cancelled_by_caller():
+                raise
+            raise RuntimeRestarted(f"{self.name} went away during a metadata call") from None
         except grpc.aio.AioRpcError as err:
             raise RuntimeRequestFailed(grpc_code(err), err.details() or "") from None
         return bytes(response.SerializeToString())

@@ -13,7 +13,12 @@ one reading (allocator arenas grow in steps). So:
   divided by the loads in between joins the average (of the last ``keep``
   windows; a window that saw a large load is dropped); the first windows of a
   process fall back to the prediction (None);
-* a large load that ran beside others keeps its prediction (None).
+* a large load that ran beside others keeps its prediction (None);
+* the first load of a model type on a process keeps its prediction too: it
+  grows the process by the runtime's one-time imports (scikit-learn and what
+  unpickling a model pulls in: 8-80 MiB), which are the process's cost, not
+  the model's. The runtime's module is imported before that load
+  (``other_growth``), and the rest shows in the process's RSS only.
 
 Reading RSS costs one ``/proc`` read (tens of microseconds), so this adds one
 read per window, plus two per load for loads that run alone.
@@ -54,11 +59,13 @@ class LoadSizer:
     _mark: int | None = None
     _averages: deque[float] = field(default_factory=deque)
 
-    def begin(self, pid: int | None) -> tuple[int, int | None]:
-        """Call as a load starts; returns a token for ``end``."""
+    def begin(self, pid: int | None, alone: bool = True) -> tuple[int, int | None]:
+        """Call as a load starts; returns a token for ``end``. ``alone`` False:
+        this load is not measured on its own even if nothing runs beside it
+        (it grows the process for reasons of its own: the first of its type)."""
         self.in_flight += 1
         self.started += 1
-        before = rss(pid) if self.in_flight == 1 else None
+        before = rss(pid) if self.in_flight == 1 and alone else None
         if self._mark is None:
             self._mark = rss(pid)
         return self.started, before
@@ -93,6 +100,13 @@ class LoadSizer:
             while len(self._averages) > self.keep:
                 self._averages.popleft()
         self._mark, self._since_mark, self._large_in_window = now, 0, False
+
+    def other_growth(self) -> None:
+        """Something other than a model load is about to grow the process (a
+        runtime's first import): no load under way is measured alone, and this
+        window's average is not kept."""
+        self.started += 1
+        self._large_in_window = True
 
     def small_average(self) -> int | None:
         if not self._averages:

@@ -1,13 +1,15 @@
 """Builds one agent from its settings and runs it; the only place parts meet.
 
-Start order: registry -> runtimes -> node cache -> resource monitor (its first
+Start order: data-dir lock and a check that the listening ports are free
+(``agent.datadir``: a second agent on the same dir or port exits at once,
+touching nothing) -> registry -> runtimes -> node cache -> resource monitor (its first
 sample sizes the default memory budget) -> loader/router/services -> gRPC and
 HTTP listeners -> cluster (peer port, membership, joining the seeds) -> demo
 registrations -> resumed vmodel transitions.
 Stop order (each step bounded): not ready -> leave the cluster -> stop
 accepting and drain in-flight requests (``shutdown_grace_s``) -> background
 work -> runtimes (SIGTERM, grace, SIGKILL) -> resource monitor -> HTTP ->
-registry -> node cache.
+registry -> node cache -> data-dir lock.
 ``stop`` is safe to call twice.
 """
 
@@ -40,6 +42,7 @@ from agent.cache.node import NodeCache
 from agent.cluster.peer import ClusterNode, LocalNode
 from agent.cluster.routing import NodeSummary
 from agent.config import Settings
+from agent.datadir import DataDirLock, StartupError, check_ports, port_in_use
 from agent.demo import demo_specs
 from agent.http import HttpServer
 from agent.inventory import Inventory
@@ -107,6 +110,7 @@ class Agent:
         self.metrics_port = 0
         self._ready = False
         self._stopped = False
+        self._lock = DataDirLock(settings.data_dir)
 
     def ready(self) -> bool:
         return self._ready and any(a.available for a in self.adapters.values())
@@ -123,9 +127,24 @@ class Agent:
         assert self._models is not None, "agent not started"
         return self._models
 
+    def release(self) -> None:
+        """Give up what ``claim`` took (``stop`` does this too)."""
+        self._lock.release()
+
+    def claim(self) -> None:
+        """Lock the data dir and check the listening ports are free; raises
+        ``StartupError`` having changed nothing. Safe to call twice."""
+        s = self.settings
+        self._lock.acquire()
+        check_ports([
+            ("gRPC", s.grpc_host, s.grpc_port),
+            ("metrics", s.metrics_host, s.metrics_port),
+            *([("peer", s.peer_host, s.peer_port)] if s.resolved_cluster_keys() else []),
+        ])
+
     async def start(self) -> None:
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.claim()
         self.registry = ModelRegistry.open(s.registry_path)
         log.info("registry %s: %d models", s.registry_path, self.registry.count())
 
@@ -168,7 +187,12 @@ class Agent:
         if s.metrics_port >= 0:
             self._http = HttpServer(s.metrics_host, s.metrics_port, self.metrics.registry,
                                     self.ready, self.runtime_states)
-            await self._http.start()
+            try:
+                await self._http.start()
+            except OSError as err:
+                raise StartupError(
+                    port_in_use("metrics", s.metrics_host, s.metrics_port, str(err))
+                ) from None
             self.metrics_port = self._http.port
 
         await self._start_cluster()
@@ -319,7 +343,10 @@ class Agent:
             server,
             pool=_reflection_pool(),
         )
-        self.grpc_port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        try:
+            self.grpc_port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        except RuntimeError as err:  # grpc says only "Failed to bind to address ..."
+            raise StartupError(port_in_use("gRPC", s.grpc_host, s.grpc_port, str(err))) from None
         await server.start()
         self._grpc = server
         for name in ("", INFERENCE_SERVICE, MMESH_SERVICE):
@@ -360,6 +387,7 @@ class Agent:
             self.registry.close()
         if self.cache is not None:
             self.cache.close()
+        self._lock.release()
         log.info("stopped")
 
 
@@ -374,6 +402,11 @@ async def serve(settings: Settings, on_ready: Callable[[Agent], None] | None = N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     agent = Agent(settings)
+    try:
+        agent.claim()
+    except BaseException:
+        agent.release()
+        raise
     try:
         await agent.start()
         if on_ready is not None:

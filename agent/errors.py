@@ -18,7 +18,10 @@ Domain code raises these and never imports grpc; ``agent.api.status`` turns a
     │   ├── ModelTooLarge              bigger than the whole budget
     │   └── RequestTooLarge
     ├── LoadFailed                     FAILED_PRECONDITION, carries the runtime's reason
+    ├── PackageMissing                 FAILED_PRECONDITION: a model type's runtime package
+    │                                  is not installed (names what to pip install)
     ├── RuntimeUnavailable             UNAVAILABLE: the runtime process is down/restarting
+    │   └── RuntimeRestarted           it died while serving this call (a load may be retried)
     ├── RuntimeRequestFailed           the runtime's own status, passed through
     └── ShuttingDown                   UNAVAILABLE
 """
@@ -139,10 +142,26 @@ class LoadFailed(MeshletError):
     code = Code.FAILED_PRECONDITION
 
 
+class PackageMissing(MeshletError):
+    """The runtime needs a Python package for the model's type that is not
+    installed on this node; ``package`` is what to ``pip install``."""
+
+    code = Code.FAILED_PRECONDITION
+
+    def __init__(self, message: str, package: str) -> None:
+        super().__init__(message)
+        self.package = package
+
+
 class RuntimeUnavailable(MeshletError):
     """The runtime process is not running (starting, restarting, or missing)."""
 
     code = Code.UNAVAILABLE
+
+
+class RuntimeRestarted(RuntimeUnavailable):
+    """The runtime process died while this call was in it; the supervisor
+    restarts it, so a load may be tried again on the new process."""
 
 
 class ShuttingDown(MeshletError):

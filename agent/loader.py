@@ -35,6 +35,7 @@ from agent.errors import (
     LoadFailed,
     MeshletError,
     ModelTooLarge,
+    RuntimeRestarted,
     RuntimeUnavailable,
 )
 from agent.inventory import Inventory, LoadedModel
@@ -243,12 +244,23 @@ class Loader:
         self, adapter: RuntimeAdapter, spec: ModelSpec, path: Path | None, gpu: int | None,
         size: int,
     ) -> int | None:
-        """Load; while the runtime's processes are all full, unload that
-        runtime's least recently used idle model and try again."""
+        """Load within ``load_timeout_s`` in all. While the runtime's processes
+        are all full, unload that runtime's least recently used idle model and
+        try again. When the runtime process dies during the load, try once
+        more on its restarted process while time is left: once, because a
+        model that kills its runtime must not take the runtime down again and
+        again. Every caller waiting on the load gets an answer within the
+        timeout: the model, or the error (UNAVAILABLE when it died twice)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._load_timeout_s
+        retried = False
         while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
             try:
                 return await asyncio.wait_for(
-                    adapter.load(spec, path, gpu=gpu, size_bytes=size), self._load_timeout_s
+                    adapter.load(spec, path, gpu=gpu, size_bytes=size), remaining
                 )
             except PoolFull:
                 victim = next(
@@ -257,6 +269,13 @@ class Loader:
                 if victim is None:
                     raise
                 await self.unload(victim.spec.model_id, reason="evicted")
+            except RuntimeRestarted as err:
+                if retried:
+                    raise
+                retried = True
+                log.warning("load of %s interrupted (%s); trying again", spec.model_id,
+                            err.message)
+                await adapter.wait_available(max(deadline - loop.time(), 0))
 
     async def _release(self, artifact: Artifact) -> None:
         if self._artifacts is not None:

@@ -1,11 +1,20 @@
 # Shared by scripts/run, scripts/test, scripts/bench: create the virtualenv and
 # install meshlet into it, re-installing only when pyproject.toml changed.
-# Usage: source scripts/_env.sh [extra]   (extra: "dev" for the test tools)
+# Usage: source scripts/_env.sh [extra]   (extra: "dev,triton" for the test tools)
+#
+# One environment per purpose: the plain install (scripts/run) lives in .venv,
+# each set of extras in its own .venv-<extras> (scripts/test and scripts/bench
+# share .venv-dev-triton). The triton extra pins numpy<2 and pandas<3, so
+# installing it into the run environment would silently downgrade what
+# `meshlet serve` runs on; separate directories mean neither script ever
+# changes the other's dependencies. MESHLET_VENV overrides the directory.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${MESHLET_VENV:-$ROOT/.venv}"
-PY="${PYTHON:-python3.11}"
 extra="${1:-}"
+default_venv="$ROOT/.venv"
+[[ -n "$extra" ]] && default_venv="$ROOT/.venv-${extra//,/-}"
+VENV="${MESHLET_VENV:-$default_venv}"
+PY="${PYTHON:-python3.11}"
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo ">> creating virtualenv in $VENV" >&2
   "$PY" -m venv "$VENV"

@@ -1,6 +1,18 @@
 """Fixtures that build up to real agents: ``meshlet serve`` child processes on
 port 0, running real MLServer runtimes, reached with real ``tritonclient``.
 
+Timeouts: every product timeout keeps its shipped value here (a test that
+passes only with a tighter one fails on a busy machine); only intervals are
+shrunk. Waits poll a condition, so a generous deadline costs nothing when the
+condition holds; ``MESHLET_TEST_TIME_SCALE`` (default 1) stretches every
+deadline of ``wait_for`` for a slow or overloaded machine.
+
+Leaks: every process the suite starts inherits ``MESHLET_TEST_SESSION`` (set
+below), so at the end of the session any survivor is found by that mark,
+reparented orphans included (Triton's Python stubs), and fails the run; so does
+a Triton shared-memory file in /dev/shm that appeared during the session. The
+survivors are killed and the files removed, so one leak does not spread.
+
 The test process must never import ``mlserver``: its generated protos clash
 with tritonclient's in protobuf's default pool. Tests that need MLServer's
 classes in-process live under ``tests/adapters/mlserver/inproc/`` and run in a
@@ -9,9 +21,12 @@ child pytest (see ``tests/adapters/mlserver/test_inproc.py``).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,20 +35,26 @@ import pytest
 
 from agent.process import AgentProcess
 
-# Shrunk intervals so tests never wait out production values.
+# Shrunk intervals (never timeouts) so tests never wait out production values.
 FAST_ENV = {
     "MESHLET_RUNTIME_RESTART_BACKOFF_S": "0.1",
     "MESHLET_RUNTIME_HEALTH_INTERVAL_S": "0.2",
-    "MESHLET_RUNTIME_LIVENESS_TIMEOUT_S": "0.5",
     "MESHLET_SHUTDOWN_GRACE_S": "5",
-    "MESHLET_LOAD_TIMEOUT_S": "30",
     "MESHLET_VMODEL_RETRY_INTERVAL_S": "0.2",
     "MESHLET_RUNTIME_STOP_GRACE_S": "3",
 }
+TIME_SCALE = max(1.0, float(os.environ.get("MESHLET_TEST_TIME_SCALE", "1")))
+SESSION_MARK = "MESHLET_TEST_SESSION"
+# Shared-memory files Triton's Python backend makes (the default prefix, and ours).
+SHM_DIR = "/dev/shm"
+SHM_PREFIXES = ("triton_python_backend", "meshlet")
+LEAK_GRACE_S = 30.0  # how long survivors get to exit by themselves at the end
 
 
-def wait_for(condition: Callable[[], object], timeout_s: float = 30.0, what: str = "") -> object:
-    """Poll ``condition`` until it returns something truthy, or fail."""
+def wait_for(condition: Callable[[], object], timeout_s: float = 60.0, what: str = "") -> object:
+    """Poll ``condition`` until it returns something truthy, or fail after
+    ``timeout_s`` (times ``MESHLET_TEST_TIME_SCALE``)."""
+    timeout_s *= TIME_SCALE
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()
@@ -70,6 +91,58 @@ def pid_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def marked_processes(mark: str) -> list[psutil.Process]:
+    """Processes other than this one whose environment carries ``mark``."""
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.environ().get(SESSION_MARK) == mark and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def shm_files() -> set[str]:
+    try:
+        return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIXES)}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_outlives_the_suite() -> Iterator[None]:
+    """Fail the run if a process the suite started, or a Triton shared-memory
+    file it caused, is still there once every test and fixture is done."""
+    if SESSION_MARK in os.environ:  # a pytest run by a test: its parent checks
+        yield
+        return
+    mark = os.environ[SESSION_MARK] = uuid.uuid4().hex
+    shm_before = shm_files()
+    yield
+    deadline = time.monotonic() + LEAK_GRACE_S * TIME_SCALE
+    while (survivors := marked_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.2)  # poll: a stopped agent's children may still be exiting
+    described = []
+    for proc in survivors:
+        try:
+            described.append(f"pid {proc.pid} {' '.join(proc.cmdline())[:200]}")
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            continue
+    deadline = time.monotonic() + LEAK_GRACE_S * TIME_SCALE
+    while (left := shm_files() - shm_before) and survivors and time.monotonic() < deadline:
+        time.sleep(0.2)  # poll: the files' owners were just killed
+    for name in left:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(SHM_DIR, name))
+    problems = [f"process left running: {d}" for d in described]
+    problems += [f"shared-memory file left: {SHM_DIR}/{name}" for name in sorted(left)]
+    assert not problems, "the suite leaked:\n" + "\n".join(problems)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from adapters.mlserver.framing import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     HEADER,
     KIND_INFER,
+    KIND_PREPARE,
     MAX_REQUEST_ID,
     STATUS_OK,
     FrameDecoder,
@@ -48,13 +49,13 @@ class _Connection(asyncio.Protocol):
         # cast, not isinstance: uvloop's transports do not subclass asyncio's.
         self._transport = cast(asyncio.Transport, transport)
 
-    def send(self, request: bytes) -> asyncio.Future[bytes]:
-        """Write one INFER frame; the future resolves with the answer payload."""
+    def send(self, request: bytes, kind: int = KIND_INFER) -> asyncio.Future[bytes]:
+        """Write one frame; the future resolves with the answer payload."""
         request_id = self._next_id = (self._next_id + 1) & MAX_REQUEST_ID
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._pending[request_id] = future
         assert self._transport is not None
-        self._transport.write(HEADER.pack(len(request), request_id, KIND_INFER) + request)
+        self._transport.write(HEADER.pack(len(request), request_id, kind) + request)
         return future
 
     async def writable(self) -> None:
@@ -152,6 +153,14 @@ class ChannelClient:
         if connection.write_paused is not None:
             await connection.writable()
         return await connection.send(request)
+
+    async def prepare(self, implementation: str) -> None:
+        """Have the runtime import the module of ``implementation`` (a dotted
+        class path); raises ``RuntimeRequestFailed`` if it cannot."""
+        connection = self._connections[0]
+        if connection is None or connection.closed:
+            connection = await self._reopen(0)
+        await connection.send(implementation.encode(), KIND_PREPARE)
 
     async def close(self) -> None:
         """Close every connection; pending requests fail with ``RuntimeUnavailable``."""

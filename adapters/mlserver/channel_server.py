@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import cast
 
 import grpc
@@ -26,6 +27,7 @@ from mlserver.handlers import DataPlane
 
 from adapters.mlserver.framing import (
     KIND_INFER,
+    KIND_PREPARE,
     STATUS_OK,
     FrameDecoder,
     FrameError,
@@ -40,6 +42,7 @@ Handler = Callable[[bytes], Awaitable[tuple[int, bytes]]]
 _INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+_FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 _UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
 
 # Per connection: stop reading new requests past this many in flight, resume
@@ -82,12 +85,31 @@ class DataPlaneHandler:
             return _INTERNAL, str(err).encode()
 
 
-class _ServerConnection(asyncio.Protocol):
-    """One agent connection: each INFER frame becomes a task; answers go out
-    as they finish, in any order, tagged with the request id."""
+async def prepare_implementation(payload: bytes) -> tuple[int, bytes]:
+    """Import the module of a runtime class (``KIND_PREPARE``), so that the
+    memory and time of a runtime's first import (scikit-learn: ~80 MiB) are
+    spent before the first model of that type loads, and are measured as the
+    process's, not as that model's. Imported on a thread: the event loop keeps
+    answering requests and liveness pings meanwhile."""
+    module = payload.decode("utf-8", "replace").rpartition(".")[0]
+    try:
+        await asyncio.to_thread(importlib.import_module, module)
+    except Exception as err:  # ImportError, or the module's own failure
+        return _FAILED_PRECONDITION, f"cannot import {module}: {err}".encode()
+    return STATUS_OK, b""
 
-    def __init__(self, handler: Handler, max_payload_bytes: int) -> None:
-        self._handler = handler
+
+def handlers(data_plane: DataPlane) -> dict[int, Handler]:
+    """The handler of each frame kind the launcher serves."""
+    return {KIND_INFER: DataPlaneHandler(data_plane), KIND_PREPARE: prepare_implementation}
+
+
+class _ServerConnection(asyncio.Protocol):
+    """One agent connection: each frame becomes a task for its kind's handler;
+    answers go out as they finish, in any order, tagged with the request id."""
+
+    def __init__(self, handlers: Mapping[int, Handler], max_payload_bytes: int) -> None:
+        self._handlers = handlers
         self._max_payload = max_payload_bytes
         self._decoder = FrameDecoder(self._on_frame, max_payload_bytes)
         self._transport: asyncio.Transport | None = None
@@ -109,16 +131,17 @@ class _ServerConnection(asyncio.Protocol):
             self._transport.abort()
 
     def _on_frame(self, request_id: int, kind: int, payload: bytes) -> None:
-        if kind != KIND_INFER:
+        handler = self._handlers.get(kind)
+        if handler is None:
             raise FrameError(f"unknown frame kind {kind}")
-        task = asyncio.get_running_loop().create_task(self._answer(request_id, payload))
+        task = asyncio.get_running_loop().create_task(self._answer(handler, request_id, payload))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         if len(self._tasks) >= MAX_IN_FLIGHT:
             self._pause_reading()
 
-    async def _answer(self, request_id: int, payload: bytes) -> None:
-        status, body = await self._handler(payload)
+    async def _answer(self, handler: Handler, request_id: int, payload: bytes) -> None:
+        status, body = await handler(payload)
         if len(body) > self._max_payload:
             status = _RESOURCE_EXHAUSTED
             body = (
@@ -177,14 +200,14 @@ class ChannelServer:
 
     @classmethod
     async def start(
-        cls, socket_path: str, handler: Handler, max_payload_bytes: int
+        cls, socket_path: str, handlers: Mapping[int, Handler], max_payload_bytes: int
     ) -> ChannelServer:
         # A socket file left by a killed predecessor would make bind fail.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)
         loop = asyncio.get_running_loop()
         server = await loop.create_unix_server(
-            lambda: _ServerConnection(handler, max_payload_bytes), socket_path
+            lambda: _ServerConnection(handlers, max_payload_bytes), socket_path
         )
         os.chmod(socket_path, 0o600)
         return cls(server, socket_path)

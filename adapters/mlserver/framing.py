@@ -10,7 +10,9 @@ Every frame is a fixed header followed by ``payload_length`` bytes::
     <I payload_length> <I request_id> <B kind_or_status> <payload>
 
 Agent -> runtime: ``kind`` is ``KIND_INFER`` and the payload a serialized
-``inference.ModelInferRequest``. Runtime -> agent: the byte is a gRPC status
+``inference.ModelInferRequest``, or ``KIND_PREPARE`` and the payload a runtime
+class's dotted path (``mlserver_sklearn.SKLearnModel``), whose module the
+runtime imports (answer: an empty payload). Runtime -> agent: the byte is a gRPC status
 number; ``STATUS_OK`` carries a serialized ``ModelInferResponse``, any other
 status a UTF-8 error message. Requests on one connection are pipelined and
 answered in any order; the request id pairs an answer with its request.
@@ -25,6 +27,7 @@ HEADER = struct.Struct("<IIB")
 HEADER_SIZE = HEADER.size
 
 KIND_INFER = 1
+KIND_PREPARE = 2
 STATUS_OK = 0
 
 MAX_REQUEST_ID = 0xFFFFFFFF

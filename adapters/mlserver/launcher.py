@@ -96,7 +96,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
 async def serve(args: argparse.Namespace) -> None:
     from mlserver import MLServer
 
-    from adapters.mlserver.channel_server import ChannelServer, DataPlaneHandler
+    from adapters.mlserver.channel_server import ChannelServer, handlers
 
     # MLServer installs its own SIGTERM/SIGINT handlers (they stop its
     # servers, which ends ``start()``); it must be built inside the loop.
@@ -107,7 +107,7 @@ async def serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = await ChannelServer.start(
         args.socket,
-        DataPlaneHandler(server._data_plane),
+        handlers(server._data_plane),
         args.max_payload_bytes,
     )
     log.info("channel listening on %s", args.socket)

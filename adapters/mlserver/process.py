@@ -11,6 +11,7 @@ side speaks to it through ``agent.proto`` and the channel only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ import adapters
 from adapters.base import RuntimeOptions
 from adapters.mlserver.channel import ChannelClient
 from adapters.runtime_process import RuntimeProcess, free_ports
+from agent.errors import MeshletError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class MLServerProcess(RuntimeProcess):
         on_models_lost: Callable[[RuntimeProcess, list[str]], None],
     ) -> None:
         self.channel: ChannelClient | None = None
+        # Runtime classes whose module this spawn has imported (see ``prepare``).
+        self._prepared: dict[str, asyncio.Task[None]] = {}
         self._repository = repository
         self._socket_path = socket_path
         self._http_port = 0
@@ -77,6 +81,31 @@ class MLServerProcess(RuntimeProcess):
             await channel.close()
             raise
         self.channel = channel
+        self._prepared = {}
+
+    def prepared(self, implementation: str) -> bool:
+        task = self._prepared.get(implementation)
+        return task is not None and task.done()
+
+    async def prepare(self, implementation: str) -> None:
+        """Import ``implementation``'s module in this process once per spawn
+        (concurrent callers share the import). A failure is logged, not
+        raised: the load that follows reports the real reason."""
+        task = self._prepared.get(implementation)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._import(implementation))
+            self._prepared[implementation] = task
+        await asyncio.shield(task)
+
+    async def _import(self, implementation: str) -> None:
+        channel = self.channel
+        if channel is None:
+            return
+        try:
+            await channel.prepare(implementation)
+        except MeshletError as err:
+            log.warning("%s could not import %s ahead of its first load: %s",
+                        self.name, implementation, err.message)
 
     async def _detach(self) -> None:
         channel, self.channel = self.channel, None

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from agent.cli.args import LOG_LEVELS, SIZE_HELP, add_command, log_level_type, size_type
-from agent.cli.errors import UsageError
+from agent.cli.errors import CliError, UsageError
 from agent.config import Settings
 
 if TYPE_CHECKING:
@@ -156,10 +156,13 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     # Imported here, not at the top: client commands never need the agent's code.
     from agent.app import serve
+    from agent.datadir import StartupError
 
     ready = ReadyFile(args.ready_file) if args.ready_file else None
     try:
         run_loop(serve(settings, on_ready=ready.write if ready else None))
+    except StartupError as err:
+        raise CliError(str(err)) from None
     finally:
         if ready is not None:
             ready.remove()

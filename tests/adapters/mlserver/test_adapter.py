@@ -324,3 +324,43 @@ async def test_ports_taken_before_the_runtime_binds_them(
         assert outputs(await adapter.infer("ss", infer_request())) == EXPECTED
     finally:
         await adapter.stop()
+
+
+def sklearn_artifact(folder: Path) -> Path:
+    """A real, tiny scikit-learn model (a pickle of ~1 KiB) as MLServer takes it."""
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    folder.mkdir(parents=True)
+    model = LogisticRegression().fit([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]],
+                                     [0, 1, 1, 0])
+    joblib.dump(model, folder / "model.joblib")
+    return folder
+
+
+async def test_first_model_of_a_type_is_not_charged_for_the_runtimes_import(
+    tmp_path: Path,
+) -> None:
+    adapter = MLServerAdapter(options(tmp_path / "work"))
+    try:
+        await adapter.start()
+        [info] = adapter.processes()
+        before = mlserver_process_rss(info.pid)
+        sizes = []
+        for name in ("lr-1", "lr-2"):
+            artifact = sklearn_artifact(tmp_path / name)
+            spec = ModelSpec(name, str(artifact), model_type="sklearn")
+            sizes.append(await adapter.load(spec, artifact, size_bytes=2**20))
+        grown = mlserver_process_rss(info.pid) - before
+    finally:
+        await adapter.stop()
+    # Importing scikit-learn grows MLServer by tens of MiB; none of it is a
+    # model's: each tiny model keeps its prediction (None) or a small figure.
+    assert grown > 20 * 2**20, f"the import should have grown the process ({grown} bytes)"
+    assert all(size is None or size < 4 * 2**20 for size in sizes), sizes
+
+
+def mlserver_process_rss(pid: int) -> int:
+    import psutil
+
+    return int(psutil.Process(pid).memory_info().rss)
