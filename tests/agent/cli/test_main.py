@@ -45,7 +45,7 @@ def test_help_of_every_command(path: tuple[str, ...], capsys: pytest.CaptureFixt
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["model"], ["nope"], ["model", "rm"], ["infer", "m"], ["infer", "m", "--input", "x"],
+    [[], ["model"], ["nope"], ["model", "rm"], ["infer"],
      ["model", "add", "m", "--size-hint", "big"], ["model", "add", "--file", "f",
                                                    "--concurrency", "0"]],
 )

@@ -1,7 +1,8 @@
-"""--input parsing, request building and output decoding for `meshlet infer`."""
+"""Values, shapes, request building and output decoding (text and JSON) for `meshlet infer`."""
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
@@ -9,31 +10,20 @@ import pytest
 from agent.cli.errors import EXIT_USAGE, CliError, UsageError
 from agent.cli.tensors import (
     DATATYPES,
+    Tensor,
     build_request,
+    check_shape,
+    coerce_values,
     format_output,
     format_response,
+    is_number,
     pack_raw,
-    parse_input_arg,
     parse_values,
     resolve_shape,
+    response_json,
     unpack_raw,
 )
 from agent.proto import grpc_service_pb2 as pb
-
-
-def metadata(*inputs: tuple[str, str, list[int]]) -> pb.ModelMetadataResponse:
-    meta = pb.ModelMetadataResponse(name="m")
-    for name, datatype, shape in inputs:
-        meta.inputs.add(name=name, datatype=datatype, shape=shape)
-    return meta
-
-
-def test_parse_input_arg() -> None:
-    assert parse_input_arg("INPUT0=1,2,3") == ("INPUT0", ["1", "2", "3"])
-    assert parse_input_arg(" x =a=b") == ("x", ["a=b"])
-    for bad in ("INPUT0", "=1,2"):
-        with pytest.raises(UsageError, match="NAME=v1,v2"):
-            parse_input_arg(bad)
 
 
 @pytest.mark.parametrize(
@@ -84,36 +74,98 @@ def test_resolve_shape_rejects_counts_that_do_not_fit(declared: list[int], count
         resolve_shape("x", declared, count)
 
 
-def test_build_request_types_and_shapes_from_metadata() -> None:
-    meta = metadata(("INPUT0", "BYTES", [-1, 2]), ("N", "INT64", [-1]), ("F", "FP32", [2]))
-    request = build_request("m", meta, [("INPUT0", ["1", "2"]), ("N", ["7"]),
-                                        ("F", ["0.5", "2"])], ["OUTPUT0"])
-    assert request.model_name == "m"
+@pytest.mark.parametrize(
+    ("declared", "count", "rows", "shape"),
+    [
+        ([-1, 3], 6, 2, [2, 3]),
+        ([-1, 16], 32, 2, [2, 16]),
+        ([-1, -1], 6, 3, [3, 2]),
+        ([2, 3], 6, 2, [2, 3]),
+        ([-1], 6, 2, [6]),  # no batch dimension: the rows are one after another
+        ([6], 6, 3, [6]),
+    ],
+)
+def test_resolve_shape_makes_rows_the_batch(declared: list[int], count: int, rows: int,
+                                            shape: list[int]) -> None:
+    assert resolve_shape("x", declared, count, rows) == shape
+
+
+def test_resolve_shape_rejects_rows_that_do_not_fit() -> None:
+    with pytest.raises(UsageError,
+                       match=r"^input x: 3 rows do not fit the model's shape \[2, 2\]$"):
+        resolve_shape("x", [2, 2], 6, 3)
+    with pytest.raises(UsageError,
+                       match=r"^input x: 8 values do not fit the model's shape \[-1, 3\]$"):
+        resolve_shape("x", [-1, 3], 8, 2)
+
+
+def test_build_request_carries_tensors_as_they_are() -> None:
+    tensors = [
+        Tensor("INPUT0", DATATYPES["BYTES"], [1, 2], [b"1", b"2"], {"content_type": "str"}),
+        Tensor("N", DATATYPES["INT64"], [1], [7]),
+        Tensor("F", DATATYPES["FP32"], [2], [0.5, 2.0]),
+    ]
+    request = build_request("m", tensors, ["OUTPUT0"], "req-1",
+                            {"flag": True, "n": 3, "f": 0.5, "s": "x"})
+    assert (request.model_name, request.id) == ("m", "req-1")
     first, second, third = request.inputs
-    assert (first.datatype, list(first.shape)) == ("BYTES", [1, 2])
+    assert (first.name, first.datatype, list(first.shape)) == ("INPUT0", "BYTES", [1, 2])
     assert list(first.contents.bytes_contents) == [b"1", b"2"]
+    assert first.parameters["content_type"].string_param == "str"
     assert (second.datatype, list(second.shape), list(second.contents.int64_contents)) == (
         "INT64", [1], [7])
     assert list(third.contents.fp32_contents) == [0.5, 2.0]
     assert [o.name for o in request.outputs] == ["OUTPUT0"]
     assert not request.raw_input_contents
+    params = request.parameters
+    assert params["flag"].WhichOneof("parameter_choice") == "bool_param"
+    assert (params["flag"].bool_param, params["n"].int64_param, params["f"].double_param,
+            params["s"].string_param) == (True, 3, 0.5, "x")
 
 
 def test_fp16_sends_every_input_raw() -> None:
-    meta = metadata(("H", "FP16", [-1]), ("S", "BYTES", [-1]))
-    request = build_request("m", meta, [("H", ["1.5"]), ("S", ["ab"])])
+    tensors = [Tensor("H", DATATYPES["FP16"], [1], [1.5]),
+               Tensor("S", DATATYPES["BYTES"], [1], [b"ab"])]
+    request = build_request("m", tensors)
     assert list(request.raw_input_contents) == [struct.pack("<e", 1.5), b"\x02\x00\x00\x00ab"]
     assert not request.inputs[0].HasField("contents")
 
 
-def test_build_request_rejects_unknown_and_repeated_inputs() -> None:
-    meta = metadata(("INPUT0", "BYTES", [-1]))
-    with pytest.raises(UsageError, match=r"no input 'X' \(inputs: INPUT0\)"):
-        build_request("m", meta, [("X", ["1"])])
-    with pytest.raises(UsageError, match="INPUT0 is given twice"):
-        build_request("m", meta, [("INPUT0", ["1"]), ("INPUT0", ["2"])])
-    with pytest.raises(CliError, match="datatype 'BF16'"):
-        build_request("m", metadata(("B", "BF16", [-1])), [("B", ["1"])])
+@pytest.mark.parametrize(
+    ("datatype", "items", "values"),
+    [
+        ("BOOL", [True, False, 1, 0], [True, False, True, False]),
+        ("INT8", [-128, 127.0], [-128, 127]),
+        ("UINT64", [2**64 - 1], [2**64 - 1]),
+        ("FP64", [1, 0.25], [1.0, 0.25]),
+        ("BYTES", ["é", b"\xff"], ["é".encode(), b"\xff"]),
+    ],
+)
+def test_coerce_values(datatype: str, items: list[object], values: list[object]) -> None:
+    assert coerce_values("x", DATATYPES[datatype], items) == values
+
+
+@pytest.mark.parametrize(
+    ("datatype", "item"),
+    [("INT8", 128), ("INT32", 1.5), ("INT64", True), ("BOOL", 2), ("FP32", "1"),
+     ("FP64", None), ("BYTES", 3), ("UINT8", -1)],
+)
+def test_a_json_value_that_does_not_fit_names_the_input(datatype: str, item: object) -> None:
+    with pytest.raises(UsageError) as info:
+        coerce_values("x", DATATYPES[datatype], [0 if datatype != "BYTES" else "a", item])
+    assert str(info.value).startswith(f"input x: value 1 {item!r} is not a valid {datatype} (")
+
+
+def test_check_shape() -> None:
+    assert check_shape("x", [2, 3], 6, "--shape") == [2, 3]
+    assert check_shape("x", [], 1, "--shape") == []
+    with pytest.raises(UsageError, match=r"^input x: 6 values do not fit --shape \[2, 4\]$"):
+        check_shape("x", [2, 4], 6, "--shape")
+
+
+def test_is_number() -> None:
+    assert [is_number(t) for t in ("1", " -2.5", "1e3", "nan", "a", "", "1,2")] == [
+        True, True, True, True, False, False, False]
 
 
 @pytest.mark.parametrize(
@@ -160,3 +212,34 @@ def test_format_response_reads_raw_and_typed_contents() -> None:
     typed = pb.ModelInferResponse(model_name="m")
     typed.outputs.add(name="S", datatype="FP64", shape=[1]).contents.fp64_contents.append(0.25)
     assert format_response(typed) == ["S (FP64, shape [1]): 0.25"]
+
+
+def test_response_json_is_kserve_v2_json() -> None:
+    response = pb.ModelInferResponse(model_name="m", model_version="2", id="req-1")
+    response.outputs.add(name="S", datatype="BYTES", shape=[2])
+    response.outputs.add(name="P", datatype="FP32", shape=[1, 2])
+    response.outputs.add(name="B", datatype="BOOL", shape=[1])
+    response.raw_output_contents.append(pack_raw(DATATYPES["BYTES"], [b"ok", b"\xffa"]))
+    response.raw_output_contents.append(pack_raw(DATATYPES["FP32"], [0.1, 2.0]))
+    response.raw_output_contents.append(pack_raw(DATATYPES["BOOL"], [True]))
+    body = response_json(response)
+    assert body == {
+        "model_name": "m", "model_version": "2", "id": "req-1",
+        "outputs": [
+            {"name": "S", "datatype": "BYTES", "shape": [2], "data": ["ok", "\\xffa"]},
+            {"name": "P", "datatype": "FP32", "shape": [1, 2], "data": [0.1, 2.0]},
+            {"name": "B", "datatype": "BOOL", "shape": [1], "data": [True]},
+        ],
+    }
+    assert json.loads(json.dumps(body)) == body
+    assert response_json(response, ["B"])["outputs"] == [body["outputs"][2]]
+
+
+def test_response_json_reads_typed_contents_and_empty_fields() -> None:
+    response = pb.ModelInferResponse(model_name="my-lr")
+    predict = response.outputs.add(name="predict", datatype="INT64", shape=[2, 1])
+    predict.contents.int64_contents.extend([1, 0])
+    assert response_json(response) == {
+        "model_name": "my-lr", "model_version": "", "id": "",
+        "outputs": [{"name": "predict", "datatype": "INT64", "shape": [2, 1], "data": [1, 0]}],
+    }
