@@ -46,7 +46,7 @@ from pathlib import Path
 from agent.cache.errors import BlobCorrupt
 from agent.cache.index import BlobInfo
 from agent.cache.node import BOOT_ID, MARKER, NodeCache
-from agent.errors import LoadFailed
+from agent.errors import InvalidStorageUri, LoadFailed
 from agent.metrics import Metrics
 from agent.registry.spec import ModelSpec
 from agent.storage.base import display_uri
@@ -124,9 +124,17 @@ class ArtifactStore:
 
     def check_uri(self, uri: str) -> None:
         """Refuse at registration what a fetch would refuse: a file URI outside
-        the permitted roots (``InvalidStorageUri``)."""
-        if scheme_of(uri) in ("", "file"):
-            self._files.local_path(uri)
+        the permitted roots, or inside them but naming nothing
+        (``InvalidStorageUri``). Outside the roots existence is never told."""
+        if scheme_of(uri) not in ("", "file"):
+            return
+        path = self._files.local_path(uri)
+        try:
+            path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise InvalidStorageUri(f"storage uri {uri!r}: {path} does not exist") from None
+        except OSError:
+            pass  # there but unreadable to us (EACCES, say): the fetch reports it
 
     # --- fetch / release ---------------------------------------------------
 

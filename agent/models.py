@@ -13,10 +13,10 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from adapters.base import RuntimeAdapter
+from adapters.base import RuntimeAdapter, missing_package, runtimes_serving, served_types
 from agent.artifacts import ArtifactStore
 from agent.cache.index import BlobInfo
-from agent.errors import InvalidSpec, MeshletError, ModelNotFound
+from agent.errors import InvalidSpec, MeshletError, ModelNotFound, PackageMissing
 from agent.inventory import Inventory, LoadedModel
 from agent.loader import Loader
 from agent.registry.spec import ModelSpec
@@ -63,21 +63,58 @@ class ModelService:
         self._background: set[asyncio.Task[None]] = set()
 
     def check(self, spec: ModelSpec) -> ModelSpec:
-        """Validate a spec, including whether its runtime here can serve its type."""
+        """Validate a spec as far as this node can tell before any load: its
+        fields, whether its runtime serves its type (``InvalidSpec`` naming the
+        runtime that does), whether that runtime has the type's package
+        (``PackageMissing``), and whether a local path exists (``InvalidStorageUri``)."""
         spec.validated()
-        if self._artifacts is not None and not spec.is_builtin:
-            self._artifacts.check_uri(spec.uri)
         adapter = self._adapters.get(spec.runtime)
         if spec.gpu and adapter is not None and not adapter.gpu_capable:
             raise InvalidSpec(
                 f"model {spec.model_id!r} asks for a GPU, but runtime {spec.runtime!r} does "
                 "not place models on GPUs (triton does)"
             )
-        if adapter is not None and not adapter.supports(spec.model_type):
-            raise InvalidSpec(
-                f"model type {spec.model_type!r} cannot be served by runtime {spec.runtime!r}"
-            )
+        self._check_type(spec, adapter)
+        if self._artifacts is not None and not spec.is_builtin:
+            self._artifacts.check_uri(spec.uri)
         return spec
+
+    @staticmethod
+    def _check_type(spec: ModelSpec, adapter: RuntimeAdapter | None) -> None:
+        model_type, runtime = spec.model_type, spec.runtime
+        # A runtime this node does not run is judged by its list of types (and
+        # its packages not at all): the registry is cluster-wide, and a node
+        # that runs it may load the model.
+        served = (
+            adapter.supports(model_type) if adapter is not None
+            else model_type in served_types(runtime)
+        )
+        if served:
+            package = missing_package(runtime, model_type) if adapter is not None else None
+            if package is not None:
+                raise PackageMissing(
+                    f"model type {model_type!r} needs the package {package!r}, which is not "
+                    f"installed for runtime {runtime!r} on this node: pip install {package}",
+                    package,
+                )
+            return
+        others = [kind for kind in runtimes_serving(model_type) if kind != runtime]
+        if others:
+            fix = others[0]
+            raise InvalidSpec(
+                f"model type {model_type!r} is served by runtime {fix!r}, not {runtime!r}: "
+                f"register it with --runtime {fix} (ModelMesh API: modelInfo.key "
+                f'{{"runtime": "{fix}"}})'
+            )
+        if model_type in served_types(runtime):
+            raise InvalidSpec(
+                f"model type {model_type!r} cannot be served by runtime {runtime!r} on this "
+                "node: the runtime lacks its backend"
+            )
+        raise InvalidSpec(
+            f"model type {model_type!r} cannot be served by runtime {runtime!r} (its types: "
+            f"{', '.join(sorted(served_types(runtime)))})"
+        )
 
     async def register(self, spec: ModelSpec, auto_delete: bool = False) -> PutResult:
         result = self._registry.put(self.check(spec), auto_delete=auto_delete)
@@ -104,8 +141,9 @@ class ModelService:
     async def apply_remote(self, model_id: str, spec: ModelSpec | None, auto_delete: bool) -> None:
         """A registry write from a peer (``agent.cluster.registry_sync``): stored
         without being replicated again, and a model whose spec changed or that
-        was deleted is unloaded here. Not checked against this node's runtimes:
-        the registry is cluster-wide, and placement picks a node that can load it."""
+        was deleted is unloaded here. Not checked against this node's runtimes,
+        packages or files (the path may exist on the writer's node only): the
+        registry is cluster-wide, and placement picks a node that can load it."""
         if spec is None:
             existed = self._registry.delete(model_id, notify=False)
             if existed or model_id in self._inventory:

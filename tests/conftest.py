@@ -100,11 +100,22 @@ def marked_processes(mark: str) -> list[psutil.Process]:
         if proc.pid == os.getpid():
             continue
         try:
-            if proc.environ().get(SESSION_MARK) == mark and proc.status() != psutil.STATUS_ZOMBIE:
+            if (proc.environ().get(SESSION_MARK) == mark
+                    and proc.status() != psutil.STATUS_ZOMBIE
+                    and not _helper_of_this_process(proc)):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def _helper_of_this_process(proc: psutil.Process) -> bool:
+    """multiprocessing's resource tracker (or fork server), started for the test
+    process itself by a test that used multiprocessing: it lives as long as
+    this process does, and is no leak."""
+    return proc.ppid() == os.getpid() and any(
+        "multiprocessing." in arg for arg in proc.cmdline()
+    )
 
 
 def shm_files() -> set[str]:

@@ -4,12 +4,14 @@ The adapter writes ``<repository>/<model id>/model-settings.json`` for every
 load; ``DirectModelRepository`` reads it back by name inside MLServer. The
 model type picks MLServer's runtime class; the storage URI becomes
 ``parameters.uri``: the local path of the artifact the agent fetched through
-the node cache. Also here: the size a model is predicted to take before its
-first load (the agent replaces it with a measurement afterwards).
+the node cache. Also here: the package a model type needs (checked at
+registration), and the size a model is predicted to take before its first load
+(the agent replaces it with a measurement afterwards).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,21 @@ IMPLEMENTATIONS: dict[str, str | None] = {
     "mlflow": "mlserver_mlflow.MLflowRuntime",
     "mlserver": None,
 }
+
+
+def missing_package(model_type: str) -> str | None:
+    """The pip package MLServer needs for ``model_type`` that is not installed
+    in this environment (the one MLServer runs in), e.g. ``mlserver-xgboost``;
+    None when nothing is missing or the type is not MLServer's. Looked up with
+    ``importlib.util.find_spec``: nothing is imported, least of all mlserver
+    (which cannot share a process with tritonclient). Not remembered (a lookup
+    takes ~50 us): a package installed while the agent runs counts at once."""
+    implementation = IMPLEMENTATIONS.get(model_type)
+    if implementation is None:
+        return None
+    module = implementation.partition(".")[0]
+    return module.replace("_", "-") if importlib.util.find_spec(module) is None else None
+
 
 BUILTIN_SIZE_BYTES = 16 * 1024  # a builtin model is code only
 MIN_PREDICTED_BYTES = 1024 * 1024

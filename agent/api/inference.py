@@ -23,12 +23,20 @@ from agent.router import Router
 SERVICE = "inference.GRPCInferenceService"
 SERVER_NAME = "meshlet"
 EXTENSIONS = ["model_repository", "mmesh"]
+# RepositoryIndex ``state`` as Triton-protocol clients (tritonclient) know it;
+# meshlet's own state, ModelMesh's name for it, leads the entry's ``reason``.
 _INDEX_STATE = {
     ModelState.LOADED: "READY",
     ModelState.LOADING: "LOADING",
     ModelState.LOADING_FAILED: "UNAVAILABLE",
     ModelState.NOT_LOADED: "UNAVAILABLE",
 }
+
+
+def index_reason(state: ModelState, why: str) -> str:
+    """``NOT_LOADED``, ``LOADED``, ``LOADING_FAILED: <why>``: the reason of a
+    RepositoryIndex entry (``agent.cli.render`` reads it back)."""
+    return f"{state.name}: {why}" if why else state.name
 
 
 class InferenceService:
@@ -93,10 +101,12 @@ class InferenceService:
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> Any:
         response = pb.RepositoryIndexResponse()
         for model_id in self._registry.iter_ids():
-            state, reason = self._models.state_of(model_id)
+            state, why = self._models.state_of(model_id)
             if request.ready and state is not ModelState.LOADED:
                 continue
-            response.models.add(name=model_id, state=_INDEX_STATE[state], reason=reason)
+            response.models.add(
+                name=model_id, state=_INDEX_STATE[state], reason=index_reason(state, why)
+            )
         return response
 
     @grpc_errors

@@ -18,7 +18,7 @@ from agent.cache.errors import CacheFull
 from agent.cache.node import NodeCache
 from agent.cli.args import SIZE_HELP, add_command, add_group, size_type
 from agent.cli.errors import CliError, UsageError
-from agent.cli.render import human_bytes
+from agent.cli.render import human_bytes, plural
 from agent.config import Settings
 
 
@@ -102,7 +102,7 @@ def list_cache(args: argparse.Namespace) -> int:
         out.write(f"{info.digest[:12]:<14} {human_bytes(info.size_bytes):>12} "
                   f"{human_bytes(info.compressed_bytes):>12} {info.pins:>4}  {used:<19}  "
                   f"{info.key or '-'}\n")
-    out.write(f"{len(rows)} entries\n")
+    out.write(plural(len(rows), "entry", "entries") + "\n")
     return 0
 
 
@@ -141,11 +141,14 @@ def prune_cache(args: argparse.Namespace) -> int:
         used = cache.stats().used_bytes
     finally:
         cache.close()
-    print(f"removed {result.temps} dead temp files, {result.orphan_files} orphan blob "
-          f"files, {result.missing_rows} rows of missing blobs, {result.unreferenced} "
-          f"unreferenced blobs ({human_bytes(result.freed_bytes)} freed)")
+    print(f"removed {plural(result.temps, 'dead temp file')}, "
+          f"{plural(result.orphan_files, 'orphan blob file')}, "
+          f"{plural(result.missing_rows, 'row')} of missing blobs, "
+          f"{plural(result.unreferenced, 'unreferenced blob')} "
+          f"({human_bytes(result.freed_bytes)} freed)")
     if args.max_bytes is not None:
-        print(f"evicted {evicted} least-recently-used blobs; {human_bytes(used)} in use")
+        print(f"evicted {plural(evicted, 'least-recently-used blob')}; "
+              f"{human_bytes(used)} in use")
         if still_pinned:
             print(f"{human_bytes(used)} stay: pinned by models loaded now", file=sys.stderr)
     return 0

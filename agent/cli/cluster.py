@@ -7,7 +7,7 @@ from typing import Any
 
 from agent.cli.args import add_command
 from agent.cli.client import Client, add_address_argument
-from agent.cli.render import human_bytes
+from agent.cli.render import human_bytes, plural
 from agent.proto import meshlet_pb2 as pb
 
 
@@ -41,7 +41,7 @@ def render(response: pb.MembersResponse) -> list[str]:
             f"{human_bytes(m.free_bytes):>9} {m.in_flight:>8}  {m.grpc_address}"
         )
     alive = sum(1 for m in response.members if m.state == "ALIVE")
-    lines.append(f"{len(response.members)} members, {alive} alive")
+    lines.append(f"{plural(len(response.members), 'member')}, {alive} alive")
     if response.dropped:
         drops = ", ".join(f"{k} {v}" for k, v in sorted(response.dropped.items()))
         lines.append(f"dropped peer messages: {drops}")

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -15,7 +16,13 @@ from agent.cli.args import SIZE_HELP, add_command, add_group, size_type
 from agent.cli.client import Client, add_address_argument
 from agent.cli.errors import CliError, UsageError
 from agent.cli.progress import Progress
-from agent.cli.render import human_bytes, model_status_lines, vmodel_status_lines, write_index
+from agent.cli.render import (
+    human_bytes,
+    model_status_lines,
+    plural,
+    vmodel_status_lines,
+    write_index,
+)
 from agent.cli.specs import FieldError, checked_spec, load_model_file, model_info, parse_label
 from agent.proto import grpc_service_pb2 as pb
 from agent.proto import meshlet_pb2 as meshlet_pb
@@ -49,8 +56,10 @@ def add_parser(subparsers: Any) -> None:
     ls = add_command(
         commands, "ls", "list registered models",
         "List every registered model as an ID / STATE / REASON table (from the\n"
-        "KServe v2 RepositoryIndex), then a count by state. STATE is READY,\n"
-        "LOADING or UNAVAILABLE (registered but not loaded, or its load failed).",
+        "KServe v2 RepositoryIndex), sorted by id with numbers compared as numbers\n"
+        "(m-2 before m-10), then a count by state. STATE is ModelMesh's, as in\n"
+        "'model status': NOT_LOADED (registered, loads on first use), LOADING,\n"
+        "LOADED or LOADING_FAILED (REASON says why).",
         "  meshlet model ls\n"
         "  meshlet model ls --ready\n"
         "  meshlet model ls -q | head",
@@ -107,7 +116,9 @@ def _add_add(commands: Any) -> None:
         "Then up to --concurrency registrations are in flight at once, with a\n"
         "progress line on stderr. Exits 1 if any registration failed.\n\n"
         "With --prefetch the agent also pulls each model's artifact into its node\n"
-        "cache (without loading it), so the first request only unpacks it.",
+        "cache (without loading it), so the first request only unpacks it. A\n"
+        "builtin:// model has nothing to fetch; it counts as neither fetched nor\n"
+        "failed.",
         "  meshlet model add my-model --uri /models/my-model --type sklearn --label team=a\n"
         "  meshlet model add ss-x --uri builtin://simple-string --type simple-string --load\n"
         "  meshlet model add big --uri s3://models/big/ --type sklearn --storage-key minio "
@@ -194,14 +205,17 @@ async def add_models(args: argparse.Namespace) -> int:
                             args.size_hint, dict(args.label), args.storage_key, args.gpu)
     except FieldError as err:
         raise UsageError(f"{err.field}: {err.message}" if err.field else err.message) from None
+    fetch = args.prefetch and not spec.is_builtin
     async with Client(args.address) as client:
         info = await client.mmesh.registerModel(_register_request(spec, args.load))
-        cached = await _prefetch(client, spec.model_id) if args.prefetch else None
+        cached = await _prefetch(client, spec.model_id) if fetch else None
     print("\n".join(model_status_lines(spec.model_id, info)))
     if cached is not None:
         how = "already cached" if cached.already_cached else "pulled"
-        print(f"cache:   {how}, {cached.size_bytes} bytes ({cached.compressed_bytes} "
-              f"compressed), sha256 {cached.digest}")
+        print(f"cache:   {how}, {plural(cached.size_bytes, 'byte')} "
+              f"({cached.compressed_bytes} compressed), sha256 {cached.digest}")
+    elif args.prefetch:
+        print("cache:   nothing to fetch (builtin)")
     return 1 if info.status == mm.ModelStatusInfo.LOADING_FAILED else 0
 
 
@@ -218,25 +232,54 @@ def _register_request(spec: ModelSpec, load: bool) -> mm.RegisterModelRequest:
     )
 
 
+@dataclass
+class Tally:
+    """What a bulk registration did, for its summary. A builtin model has
+    nothing to prefetch: it counts as neither fetched nor failed."""
+
+    registered: int = 0
+    failed: int = 0  # the agent refused the registration
+    load_failed: int = 0  # registered, but the load (--load) failed
+    fetched: int = 0  # --prefetch: pulled, or found cached
+    fetch_failed: int = 0
+    nothing_to_fetch: int = 0  # --prefetch of a builtin model
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (model id, why)
+
+    def summary(self, load: bool, prefetch: bool) -> list[str]:
+        """``registered 3 models (0 failed)``, then a line each for --load and
+        --prefetch."""
+        lines = [f"registered {plural(self.registered, 'model')} ({self.failed} failed)"]
+        if load:
+            loaded = self.registered - self.load_failed
+            lines.append(f"loaded {plural(loaded, 'model')} ({self.load_failed} failed)")
+        if prefetch:
+            line = f"prefetched {plural(self.fetched, 'model')} ({self.fetch_failed} failed)"
+            if self.nothing_to_fetch:
+                line += (f"; nothing to fetch for "
+                         f"{plural(self.nothing_to_fetch, 'builtin model')}")
+            lines.append(line)
+        return lines
+
+
 async def register_file(
     address: str, specs: Sequence[ModelSpec], concurrency: int, load: bool,
     prefetch: bool = False,
 ) -> int:
     """Register ``specs`` with bounded concurrency; report, list failures, exit 1 on any."""
     progress = Progress(len(specs), sys.stderr, "registering")
-    failures: list[tuple[str, str]] = []
+    tally = Tally()
     async with Client(address) as client:
         try:
-            await register_many(client, specs, concurrency, load, progress, failures, prefetch)
+            await register_many(client, specs, concurrency, load, progress, tally, prefetch)
         finally:
             progress.close()
-    for model_id, why in failures[:MAX_FAILURES_LISTED]:
+    for model_id, why in tally.failures[:MAX_FAILURES_LISTED]:
         print(f"failed: {model_id}: {why}", file=sys.stderr)
-    if len(failures) > MAX_FAILURES_LISTED:
-        print(f"... and {len(failures) - MAX_FAILURES_LISTED} more failures", file=sys.stderr)
-    registered = len(specs) - len(failures)
-    print(f"registered {registered} models ({len(failures)} failed)")
-    return 1 if failures else 0
+    if len(tally.failures) > MAX_FAILURES_LISTED:
+        more = len(tally.failures) - MAX_FAILURES_LISTED
+        print(f"... and {plural(more, 'more failure')}", file=sys.stderr)
+    print("\n".join(tally.summary(load, prefetch)))
+    return 1 if tally.failures else 0
 
 
 async def register_many(
@@ -245,7 +288,7 @@ async def register_many(
     concurrency: int,
     load: bool,
     progress: Progress,
-    failures: list[tuple[str, str]],
+    tally: Tally,
     prefetch: bool = False,
 ) -> None:
     """``concurrency`` workers take specs from one iterator, so a million specs
@@ -257,28 +300,48 @@ async def register_many(
         for spec in pending:
             if unreachable:
                 return
-            step = "register"
             try:
-                info = await client.mmesh.registerModel(_register_request(spec, load))
-                if prefetch:
-                    step = "prefetch"
-                    await _prefetch(client, spec.model_id)
+                await one(spec)
             except grpc.aio.AioRpcError as err:
-                if client.unreachable(err):
-                    unreachable.append(err)
-                    return
-                prefix = "prefetch failed: " if step == "prefetch" else ""
-                failures.append((spec.model_id, prefix + client.describe(err)))
-            else:
-                if info.status == mm.ModelStatusInfo.LOADING_FAILED:
-                    failures.append((spec.model_id, "load failed: " + "; ".join(info.errors)))
+                if not client.unreachable(err):
+                    raise
+                unreachable.append(err)
+                return
             progress.advance()
+
+    async def one(spec: ModelSpec) -> None:
+        try:
+            info = await client.mmesh.registerModel(_register_request(spec, load))
+        except grpc.aio.AioRpcError as err:
+            if client.unreachable(err):
+                raise
+            tally.failed += 1
+            tally.failures.append((spec.model_id, client.describe(err)))
+            return
+        tally.registered += 1
+        if info.status == mm.ModelStatusInfo.LOADING_FAILED:
+            tally.load_failed += 1
+            tally.failures.append((spec.model_id, "load failed: " + "; ".join(info.errors)))
+        if not prefetch:
+            return
+        if spec.is_builtin:
+            tally.nothing_to_fetch += 1
+            return
+        try:
+            await _prefetch(client, spec.model_id)
+        except grpc.aio.AioRpcError as err:
+            if client.unreachable(err):
+                raise
+            tally.fetch_failed += 1
+            tally.failures.append((spec.model_id, "prefetch failed: " + client.describe(err)))
+            return
+        tally.fetched += 1
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(specs)))))
     if unreachable:
         done = progress.count
-        raise CliError(f"{client.describe(unreachable[0])}; {done} of {len(specs)} "
-                       "were sent before that")
+        raise CliError(f"{client.describe(unreachable[0])}; {done} of "
+                       f"{plural(len(specs), 'model')} done before that")
 
 
 # --- the rest -----------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 from agent.cli.args import add_command
 from agent.cli.client import Client, add_address_argument
-from agent.cli.render import human_bytes
+from agent.cli.render import human_bytes, plural
 from agent.proto import meshlet_pb2 as pb
 
 DEFAULT_TOP = 10
@@ -36,9 +36,10 @@ def render(status: pb.NodeStatusResponse) -> list[str]:
     lines = [
         f"node:     {status.node}",
         f"budget:   {human_bytes(status.budget_bytes)}; used {human_bytes(status.used_bytes)} by "
-        f"{status.models_loaded} models; free {human_bytes(free)}",
+        f"{plural(status.models_loaded, 'model')}; free {human_bytes(free)}",
         f"memory:   limit {human_bytes(status.memory_limit_bytes)}, available "
-        f"{human_bytes(status.memory_available_bytes)}; CPU limit {status.cpu_limit_cores:g} cores",
+        f"{human_bytes(status.memory_available_bytes)}; CPU limit {status.cpu_limit_cores:g} "
+        f"{'core' if status.cpu_limit_cores == 1 else 'cores'}",
     ]
     for kind, reason in sorted(status.runtimes.items()):
         lines.append(f"runtime:  {kind}: {'up' if not reason else 'unavailable: ' + reason}")

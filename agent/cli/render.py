@@ -1,11 +1,20 @@
 """How the CLI prints statuses and listings: plain aligned text on stdout.
 
-Listings are written in batches as they are walked, so a million-model index
-never becomes one giant string.
+Model states have one set of names everywhere: ModelMesh's (NOT_LOADED,
+LOADING, LOADED, LOADING_FAILED, NOT_FOUND). The KServe v2 RepositoryIndex
+keeps the states Triton-protocol clients expect (READY, UNAVAILABLE, LOADING)
+and meshlet puts its own at the start of each entry's ``reason``
+(``agent.api.inference.index_reason``), which is what ``model ls`` shows.
+
+Listings are sorted with numbers in ids compared as numbers and written in
+batches as they are walked, so a million-model index never becomes one giant
+string.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -16,6 +25,36 @@ from agent.proto import model_mesh_pb2 as mm
 
 MAX_ID_WIDTH = 60  # a longer id pushes only its own row out of line
 BATCH_LINES = 1024
+_STATES = {name: name for name in mm.ModelStatusInfo.ModelStatus.keys()}
+_DIGITS = re.compile(r"(\d+)")
+
+
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    """``1 model``, ``2 models``, ``0 models``; ``nouns`` when not noun + s."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def natural_key(text: str) -> tuple[str | int, ...]:
+    """Sort key that compares digit runs as numbers: ``simple-string-2``
+    before ``simple-string-10``. Text and numbers alternate, starting with
+    text (maybe empty), so keys of any two ids compare."""
+    parts = _DIGITS.split(text)
+    if len(parts) == 3:  # one number, as most ids have: ~1 us instead of ~2
+        # Interned: a million ids share a few prefixes, not a million copies.
+        return sys.intern(parts[0]), int(parts[1]), parts[2]
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
+
+
+def index_state(model: pb.RepositoryIndexResponse.ModelIndex) -> tuple[str, str]:
+    """meshlet's state of an index entry, and the rest of its reason. An entry
+    whose reason does not start with one (a server other than meshlet) keeps
+    its KServe state and reason."""
+    reason = model.reason
+    state, _, why = reason.partition(": ")
+    known = _STATES.get(state)  # one string per state, not one per row
+    if known is not None:
+        return known, why
+    return model.state, reason
 
 
 def model_state(value: int) -> str:
@@ -60,25 +99,27 @@ def write_index(
     out: TextIO,
     ids_only: bool = False,
 ) -> None:
-    """An aligned ID / STATE / REASON table and a count line, or bare ids."""
+    """An aligned ID / STATE / REASON table and a count by state, or bare ids;
+    sorted by id, numbers compared as numbers (a million ids: ~2 s)."""
     if ids_only:
-        _write_batched((model.name for model in models), out)
+        _write_batched(sorted((model.name for model in models), key=natural_key), out)
         return
+    rows = [(model.name, *index_state(model)) for model in models]
+    rows.sort(key=lambda row: natural_key(row[0]))
     id_width, state_width = len("ID"), len("STATE")
     states: Counter[str] = Counter()
-    for model in models:
-        id_width = max(id_width, min(len(model.name), MAX_ID_WIDTH))
-        state_width = max(state_width, len(model.state))
-        states[model.state] += 1
+    for name, state, _ in rows:
+        id_width = max(id_width, min(len(name), MAX_ID_WIDTH))
+        state_width = max(state_width, len(state))
+        states[state] += 1
 
-    def row(name: str, state: str, reason: str) -> str:
+    def line(name: str, state: str, reason: str) -> str:
         return f"{name:<{id_width}}  {state:<{state_width}}  {reason}".rstrip()
 
-    out.write(row("ID", "STATE", "REASON") + "\n")
-    _write_batched((row(m.name, m.state, m.reason) for m in models), out)
-    noun = "model" if len(models) == 1 else "models"
+    out.write(line("ID", "STATE", "REASON") + "\n")
+    _write_batched((line(*row) for row in rows), out)
     by_state = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
-    out.write(f"{len(models)} {noun}" + (f" ({by_state})" if by_state else "") + "\n")
+    out.write(plural(len(rows), "model") + (f" ({by_state})" if by_state else "") + "\n")
 
 
 def _write_batched(lines: Iterable[str], out: TextIO) -> None:

@@ -83,7 +83,7 @@ def test_http_model_survives_restart_sigkill_and_storage_outage(
     assert server.gets == {"/model.joblib": 1}
     listing = cache_cli(capsys, "ls", "--cache-dir", str(data / "cache"))
     assert server.url("model.joblib") in listing
-    assert "1 entries" in listing
+    assert listing.rstrip().endswith("\n1 entry")
 
     server.failing = True  # from here on only the cache has the model
     agent.stop()

@@ -3,6 +3,7 @@ every RPC, lazy loading, headers, health, reflection, metrics, and bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,10 +63,14 @@ async def test_aio_client_infer_and_metadata(shared_agent: AgentProcess) -> None
 
 
 def test_repository_rpcs(client: triton.InferenceServerClient) -> None:
-    index = {m.name: m.state for m in client.get_model_repository_index().models}
+    index = {m.name: (m.state, m.reason) for m in client.get_model_repository_index().models}
     assert len([n for n in index if n.startswith("simple-string-")]) == 30
+    # Triton's states for Triton's clients; meshlet's (ModelMesh's names) in the reason.
+    assert index["simple-string-4"] == ("UNAVAILABLE", "NOT_LOADED")
     client.load_model("simple-string-4")
     assert client.is_model_ready("simple-string-4")
+    index = {m.name: (m.state, m.reason) for m in client.get_model_repository_index().models}
+    assert index["simple-string-4"] == ("READY", "LOADED")
     ready = {m.name for m in client.get_model_repository_index().models if m.state == "READY"}
     assert "simple-string-4" in ready
     client.unload_model("simple-string-4")
@@ -170,6 +175,39 @@ def test_unsupported_scheme_is_invalid_argument(mesh: MeshClient) -> None:
     assert "ftp" in str(err.value.details())
 
 
+def test_a_missing_local_path_is_invalid_argument_at_registration(
+    mesh: MeshClient, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(grpc.RpcError) as err:
+        mesh.register("nowhere", uri=f"file://{missing}", model_type="sklearn")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == f"storage uri 'file://{missing}': {missing} does not exist"
+    assert mesh.status("nowhere") == mm.ModelStatusInfo.NOT_FOUND
+
+
+def test_a_type_another_runtime_serves_is_invalid_argument_naming_the_fix(
+    mesh: MeshClient,
+) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        mesh.register("torch-model", uri="builtin://simple-string", model_type="pytorch")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == (
+        "model type 'pytorch' is served by runtime 'triton', not 'mlserver': register it with "
+        '--runtime triton (ModelMesh API: modelInfo.key {"runtime": "triton"})'
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlserver_xgboost") is not None,
+                    reason="mlserver-xgboost is installed here")
+def test_a_type_whose_package_is_missing_is_failed_precondition(mesh: MeshClient) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        mesh.register("xgb", uri="s3://models/xgb/model.bst", model_type="xgboost")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (err.value.details() or "").endswith(": pip install mlserver-xgboost")
+    assert mesh.status("xgb") == mm.ModelStatusInfo.NOT_FOUND
+
+
 def test_request_over_limit_is_resource_exhausted(client: triton.InferenceServerClient) -> None:
     tensors = string_inputs()
     huge = np.array([b"9" * 80_000] * 16, dtype=np.object_)  # 1.3 MB: over the 1 MiB limit
@@ -192,12 +230,18 @@ def test_failed_load_is_failed_precondition_and_retried(
     mesh: MeshClient, client: triton.InferenceServerClient, tmp_path: Path
 ) -> None:
     artifact = tmp_path / "own-settings"
+    artifact.mkdir()  # there at registration (checked), gone by the first load
     mesh.register("late-artifact", uri=str(artifact), model_type="mlserver")
+    artifact.rmdir()
     with pytest.raises(InferenceServerException) as err:
         infer(client, "late-artifact")
     assert status_of(err.value) == "StatusCode.FAILED_PRECONDITION"
     assert "late-artifact" in err.value.message()
     assert mesh.status("late-artifact") == mm.ModelStatusInfo.LOADING_FAILED
+    entry = next(m for m in client.get_model_repository_index().models
+                 if m.name == "late-artifact")
+    assert entry.state == "UNAVAILABLE"
+    assert entry.reason.startswith("LOADING_FAILED: ") and "does not exist" in entry.reason
     # Provide the artifact; the next request retries the load and succeeds.
     artifact.mkdir()
     (artifact / "model-settings.json").write_text(

@@ -38,8 +38,8 @@ def test_ls_stats_and_prune(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     (root / "blobs" / "ff" / f"{'f' * 64}.zst").write_bytes(b"orphan")
     assert cli(["cache", "prune", "--max-bytes", "0", "--cache-dir", str(root)]) == 0
     captured = capsys.readouterr()
-    assert "1 orphan blob files" in captured.out
-    assert "evicted 1 least-recently-used blobs" in captured.out
+    assert "0 dead temp files, 1 orphan blob file, 0 rows of missing blobs" in captured.out
+    assert "evicted 1 least-recently-used blob;" in captured.out
     assert "pinned by models loaded now" in captured.err
     cache = NodeCache(root, 10**9, owner="other")
     assert [i.key for i in cache.ls()] == ["file:///kept.bin"]

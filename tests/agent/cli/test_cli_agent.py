@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,15 +70,53 @@ def test_model_add_then_status(address: str) -> None:
     assert re.match(r"  copy on \S+: LOADED since \d{4}-", loaded.stdout.splitlines()[1])
 
 
-def test_model_ls_shows_the_demo_models(address: str) -> None:
+def table(stdout: str) -> list[tuple[str, str, str]]:
+    """``model ls`` rows as (id, state, reason), checked against the header."""
+    lines = stdout.splitlines()
+    assert re.fullmatch(r"ID +STATE +REASON", lines[0])
+    state_at, reason_at = lines[0].index("STATE"), lines[0].index("REASON")
+    return [(line[:state_at].strip(), line[state_at:reason_at].strip(), line[reason_at:])
+            for line in lines[1:-1]]
+
+
+def test_model_ls_names_states_as_model_status_does(address: str, tmp_path: Path) -> None:
+    no_settings = tmp_path / "no-settings"  # there, but not loadable by MLServer
+    no_settings.mkdir()
+    for model_id, uri, model_type in (
+        ("ls-10", "builtin://simple-string", "simple-string"),
+        ("ls-2", "builtin://simple-string", "simple-string"),
+        ("ls-1", "builtin://simple-string", "simple-string"),
+        ("ls-broken", str(no_settings), "mlserver"),
+    ):
+        added = meshlet("model", "add", model_id, "--uri", uri, "--type", model_type,
+                        "--address", address)
+        assert added.returncode == 0, added.stderr
+    assert meshlet("model", "load", "ls-2", "--address", address).returncode == 0
+    assert meshlet("model", "load", "ls-broken", "--address", address).returncode == 1
+
     result = meshlet("model", "ls", "--address", address)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert re.fullmatch(r"ID +STATE +REASON", lines[0])
-    rows = {line.split()[0]: line.split()[1] for line in lines[1:-1]}
-    assert {f"simple-string-{i}" for i in range(20)} <= set(rows)
-    assert set(rows.values()) <= {"READY", "LOADING", "UNAVAILABLE"}
-    assert re.fullmatch(rf"{len(rows)} models \(.+\)", lines[-1])
+    rows = table(result.stdout)
+    ours = [row for row in rows if row[0].startswith("ls-")]
+    assert [row[:2] for row in ours] == [
+        ("ls-1", "NOT_LOADED"), ("ls-2", "LOADED"), ("ls-10", "NOT_LOADED"),
+        ("ls-broken", "LOADING_FAILED"),
+    ]
+    assert [row[2] for row in ours[:3]] == ["", "", ""]
+    assert "model-settings.json" in ours[3][2]
+    for model_id, state, _ in ours:
+        status = meshlet("model", "status", model_id, "--address", address)
+        assert status.stdout.splitlines()[0] == f"model {model_id}: {state}"
+
+    demo = [row for row in rows if row[0].startswith("simple-string-")]
+    assert [row[0] for row in demo] == [f"simple-string-{i}" for i in range(20)]
+    assert {row[1] for row in demo} <= {"NOT_LOADED", "LOADED"}
+    counts = Counter(state for _, state, _ in rows)
+    by_state = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    assert result.stdout.splitlines()[-1] == f"{len(rows)} models ({by_state})"
+
+    ready = meshlet("model", "ls", "--ready", "-q", "--address", address)
+    assert ready.stdout.split() == [row[0] for row in rows if row[1] == "LOADED"]
 
 
 def test_infer_prints_sums_and_differences(address: str) -> None:
@@ -91,7 +130,7 @@ def test_infer_prints_sums_and_differences(address: str) -> None:
                      result.stdout, re.M)
 
     only = meshlet("infer", "simple-string-3", "--input", f"INPUT0={SIXTEEN}",
-                   "--input", f"INPUT1={ONES}", "--output", "OUTPUT1", "--address", address)
+                   "--input", f"INPUT1={ONES}", "--output-name", "OUTPUT1", "--address", address)
     assert only.returncode == 0, only.stderr
     assert [line.split()[0] for line in only.stdout.splitlines()] == ["OUTPUT1"]
 
@@ -124,6 +163,50 @@ def test_model_add_file(address: str, tmp_path: Path) -> None:
     assert re.search(r"^registering\s+3/3\s+100\.0%", result.stderr, re.M)  # not a TTY: plain
     assert {f"cli-file-{i}" for i in range(3)} <= listed_ids(address)
 
+    one = tmp_path / "one.yaml"
+    one.write_text("- {id: cli-file-one, uri: 'builtin://simple-string', type: simple-string}\n")
+    result = meshlet("model", "add", "--file", str(one), "--address", address)
+    assert (result.returncode, result.stdout) == (0, "registered 1 model (0 failed)\n")
+
+
+def test_prefetch_of_builtin_models_has_nothing_to_fetch(address: str, tmp_path: Path) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text("".join(
+        f"- {{id: cli-pre-{i}, uri: 'builtin://simple-string', type: simple-string}}\n"
+        for i in range(100)
+    ))
+    result = meshlet("model", "add", "--file", str(models), "--prefetch", "--address", address)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ("registered 100 models (0 failed)\n"
+                             "prefetched 0 models (0 failed); nothing to fetch for 100 builtin "
+                             "models\n")
+    assert "failed:" not in result.stderr
+
+    single = meshlet("model", "add", "cli-pre-one", "--uri", "builtin://simple-string",
+                     "--type", "simple-string", "--prefetch", "--address", address)
+    assert single.returncode == 0, single.stderr
+    assert single.stdout == ("model cli-pre-one: NOT_LOADED\n"
+                             "cache:   nothing to fetch (builtin)\n")
+
+
+def test_registration_errors_name_the_fix(address: str, tmp_path: Path) -> None:
+    torch = meshlet("model", "add", "cli-torch", "--uri", str(tmp_path), "--type", "pytorch",
+                    "--address", address)
+    assert torch.returncode == 1
+    assert torch.stderr == (
+        "error: INVALID_ARGUMENT: model type 'pytorch' is served by runtime 'triton', not "
+        "'mlserver': register it with --runtime triton (ModelMesh API: modelInfo.key "
+        '{"runtime": "triton"})\n'
+    )
+    missing = tmp_path / "no-such-model.joblib"
+    nowhere = meshlet("model", "add", "cli-nowhere", "--uri", str(missing), "--type", "sklearn",
+                      "--address", address)
+    assert nowhere.returncode == 1
+    assert nowhere.stderr == (
+        f"error: INVALID_ARGUMENT: storage uri {str(missing)!r}: {missing} does not exist\n"
+    )
+    assert not {"cli-torch", "cli-nowhere"} & listed_ids(address)
+
 
 def test_an_invalid_file_sends_nothing(address: str, tmp_path: Path) -> None:
     models = tmp_path / "models.yaml"
@@ -139,9 +222,12 @@ def test_vmodel_set_status_rm(address: str) -> None:
     env = {**os.environ, "MESHLET_ADDRESS": address}  # the default --address
     created = meshlet("vmodel", "set", "cli-alias", "simple-string-5", "--sync", env=env)
     assert created.returncode == 0, created.stderr
-    assert created.stdout.splitlines()[:3] == [
-        "vmodel cli-alias: DEFINED", "  active: simple-string-5", "  target: simple-string-5"
+    assert created.stdout.splitlines()[:4] == [
+        "vmodel cli-alias: DEFINED", "  active: simple-string-5", "  target: simple-string-5",
+        "  model simple-string-5: LOADED",  # the names `model status` and `model ls` use
     ]
+    shown = meshlet("vmodel", "status", "cli-alias", env=env)
+    assert shown.stdout.splitlines()[:4] == created.stdout.splitlines()[:4]
     status = meshlet("model", "status", "cli-alias", env=env)
     assert status.returncode == 0, status.stderr
     assert status.stdout.startswith("vmodel cli-alias: DEFINED")

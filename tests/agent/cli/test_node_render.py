@@ -24,3 +24,11 @@ def test_render_with_gpus_and_an_unavailable_runtime() -> None:
     assert "triton           42       2   900.0 MiB     5.0 GiB" in text
     assert "0    NVIDIA H100 80GB HBM3       80.0 GiB     6.0 GiB    74.0 GiB     5.0 GiB" in text
     assert "big" in text and "2.0 GiB" in text
+
+
+def test_counts_of_one_are_singular() -> None:
+    status = pb.NodeStatusResponse(budget_bytes=2**30, used_bytes=2**20, models_loaded=1,
+                                   cpu_limit_cores=1.0)
+    text = "\n".join(render(status))
+    assert "used 1.0 MiB by 1 model; free" in text
+    assert "CPU limit 1 core\n" in text
