@@ -93,6 +93,9 @@ class RuntimeProcess(abc.ABC):
     """One runtime server child. ``ready`` is True while it serves."""
 
     label: ClassVar[str]  # the runtime's name in messages: "mlserver", "triton"
+    # Whether the child leads a process group our SIGKILLs take whole (see
+    # SupervisedProcess): for a server whose own children may outlive it.
+    process_group: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -128,6 +131,7 @@ class RuntimeProcess(abc.ABC):
             stop_grace_s=options.stop_grace_s,
             restart_backoff_s=options.restart_backoff_s,
             logger=logger,
+            process_group=self.process_group,
         )
 
     @abc.abstractmethod

@@ -5,8 +5,16 @@ multiprocess supervisor: the child's output goes to our logger line by line,
 an unexpected exit is reported and followed by a respawn after a backoff that
 doubles up to a cap, and ``stop`` sends SIGTERM, waits a grace period, then
 SIGKILL. Children are expected to arrange their own death with their parent
-(the MLServer launcher uses ``PR_SET_PDEATHSIG``), so no process group or
-session is created; every signal goes to the child's own pid.
+(the MLServer launcher uses ``PR_SET_PDEATHSIG``; Triton runs under
+``adapters/guard.py``).
+
+By default every signal goes to the child's own pid. With ``process_group``
+the child leads a session of its own (``setsid``), and its SIGKILLs (``kill``,
+the escalation of ``stop``) go to its whole process group, so grandchildren the
+child cannot stop any more die with it; SIGTERM still goes to the child alone,
+which may stop its own children in order. Once such a child has exited, what
+is left in its group is SIGKILLed too. The child's exit is reported as is
+(a group SIGKILL reads "killed by SIGKILL").
 
 The owner plugs in two hooks:
 
@@ -63,9 +71,10 @@ def describe_returncode(returncode: int | None) -> str:
 class _ChildProtocol(asyncio.SubprocessProtocol):
     """Forwards the child's output lines to the logger; notes when it exits."""
 
-    def __init__(self, name: str, logger: logging.Logger) -> None:
+    def __init__(self, name: str, logger: logging.Logger, process_group: bool) -> None:
         self._name = name
         self._logger = logger
+        self._process_group = process_group
         self._partial: dict[int, bytes] = {}
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int | None] = loop.create_future()
@@ -98,6 +107,12 @@ class _ChildProtocol(asyncio.SubprocessProtocol):
 
     def process_exited(self) -> None:
         assert self._transport is not None
+        if self._process_group:
+            # The group outlives its leader while members remain, so its id
+            # cannot name anyone else yet; once empty, pids are handed out in
+            # sequence, so it is not reused within this instant.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._transport.get_pid(), signal.SIGKILL)
         if not self.exited.done():
             self.exited.set_result(self._transport.get_returncode())
 
@@ -111,6 +126,7 @@ class SupervisedProcess:
 
     ``argv`` is called before every spawn, so a respawn can take fresh
     arguments (new ports after a port was taken). Times are in seconds.
+    ``process_group``: see the module docstring; it may be set until ``start``.
     """
 
     def __init__(
@@ -126,8 +142,10 @@ class SupervisedProcess:
         restart_backoff_s: float = 0.5,
         max_restart_backoff_s: float = MAX_RESTART_BACKOFF_S,
         logger: logging.Logger | None = None,
+        process_group: bool = False,
     ) -> None:
         self.name = name
+        self.process_group = process_group
         self._argv = argv
         self._env = dict(env) if env is not None else None
         self._cwd = cwd
@@ -213,14 +231,16 @@ class SupervisedProcess:
     async def _spawn(self) -> None:
         argv = list(self._argv())
         loop = asyncio.get_running_loop()
+        process_group = self.process_group
         transport, protocol = await loop.subprocess_exec(
-            lambda: _ChildProtocol(self.name, self._logger),
+            lambda: _ChildProtocol(self.name, self._logger, process_group),
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self._env,
             cwd=self._cwd,
+            start_new_session=process_group,
         )
         self._transport = transport
         self._protocol = protocol
@@ -276,13 +296,18 @@ class SupervisedProcess:
         return min(delay * 2, self._max_restart_backoff_s)
 
     def kill(self) -> None:
-        """SIGKILL the current child (a hung one); the supervisor respawns it."""
+        """SIGKILL the current child (a hung one), with its process group when
+        it has one; the supervisor respawns it."""
         self._signal(signal.SIGKILL)
 
     def _signal(self, sig: signal.Signals) -> None:
         pid = self.pid  # None once it exited: never signal a pid that may be reused
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if self.process_group and sig == signal.SIGKILL:
+                os.killpg(pid, sig)  # it leads its session: its pgid is its pid
+            else:
                 os.kill(pid, sig)
 
     async def _kill_and_reap(self) -> None:

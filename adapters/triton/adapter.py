@@ -13,6 +13,10 @@ Decisions:
 * Size: a model's size is what its load added to the RSS of the server and its
   children (Python-backend stubs are child processes), measured around the
   load. Loads are serialized so that two loads never share a measurement.
+* The server runs under a guard process (adapters/guard.py, see process.py):
+  its stubs and shared-memory regions go with it, whether it stops, crashes,
+  is killed, or the agent itself is SIGKILLed. ``processes()`` reports the
+  guard, whose tree holds the server and its stubs.
 * A Python-backend stub that dies under a live server makes Triton answer
   INTERNAL "Stub process ... is not healthy" for that model from then on;
   the adapter turns the first such answer into UNAVAILABLE and reports the
@@ -135,7 +139,8 @@ class TritonAdapter(RuntimeAdapter):
         return [RuntimeProcessInfo(self.kind, p.pid, p.grpc_address, len(p.models))]
 
     def kill(self) -> None:
-        """SIGKILL the server (tests and chaos drills); it is respawned."""
+        """SIGKILL the server with its guard and stubs, as the liveness watchdog
+        does (tests and chaos drills); it is respawned."""
         if self._process is not None:
             self._process.kill()
 

@@ -1,12 +1,25 @@
 """One ``tritonserver`` process as the agent sees it.
 
 A ``RuntimeProcess`` (see adapters/runtime_process.py) whose child is the
-``tritonserver`` binary, started through ``adapters.pdeathsig`` so it dies
-with the agent, on a loopback gRPC port with HTTP and metrics off, in
+``tritonserver`` binary, on a loopback gRPC port with HTTP and metrics off, in
 explicit model-control mode over the adapter's own repository. Its output
 (Triton logs to stderr) reaches the agent's log line by line under the
 process's name. Inference is a raw-bytes unary call on the same gRPC channel:
 the request body is passed through, never decoded.
+
+The server's Python-backend stubs and their shared-memory regions go with it,
+however it ends:
+
+* the supervised child is a guard (adapters/guard.py) that runs the server,
+  dies with the agent, kills whatever the server leaves when it exits (stubs
+  ignore SIGTERM and may hang for good once their server is gone), and removes
+  the regions;
+* the guard leads a process group of its own holding the server and the
+  stubs, and every SIGKILL of ours (the liveness watchdog, ``kill``, the end
+  of a stop's grace) goes to that group (``SupervisedProcess.process_group``);
+* the regions carry a prefix unique to the work dir (shm.py); they are also
+  removed here, before each spawn and after each exit, for when the guard was
+  killed with its group or with the agent.
 """
 
 from __future__ import annotations
@@ -19,17 +32,20 @@ from pathlib import Path
 
 import grpc
 
-from adapters import pdeathsig
+from adapters import guard
 from adapters.base import RuntimeOptions
 from adapters.runtime_process import RuntimeProcess, free_ports, grpc_code
+from adapters.triton import shm
 from adapters.triton.install import TritonInstall
 from agent.errors import RuntimeRequestFailed, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-# Python-backend stubs are told to exit when their server has been silent this
-# long; lower than Triton's default so a SIGKILLed server leaves no stub long.
+# Triton's own timeout on a Python-backend stub that does not answer it (its
+# default: 30 s). It ends no stub that outlives its server: such a stub exits
+# by itself only if it was idle, never if a request was in it (see
+# adapters/guard.py, which kills it).
 _STUB_TIMEOUT_S = 5
 
 RawCall = Callable[..., "grpc.aio.UnaryUnaryCall[bytes, bytes]"]
@@ -37,6 +53,7 @@ RawCall = Callable[..., "grpc.aio.UnaryUnaryCall[bytes, bytes]"]
 
 class TritonProcess(RuntimeProcess):
     label = "triton"
+    process_group = True  # the guard, the server and its stubs
 
     def __init__(
         self,
@@ -55,10 +72,14 @@ class TritonProcess(RuntimeProcess):
             env={**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", **install.env},
             cwd=options.work_dir, logger=log,
         )
+        self.shm_prefix = shm.region_prefix(options.work_dir)
 
     def _argv(self) -> list[str]:
         (self.grpc_port,) = free_ports(1)
-        return pdeathsig.command(str(self._install.server), [
+        # Nothing of an earlier server is alive now (its group was swept), so
+        # its regions, or those a SIGKILLed predecessor agent left, are stale.
+        shm.remove_regions(self.shm_prefix)
+        return guard.command(str(self._install.server), [
             f"--model-repository={self._repository}",
             "--model-control-mode=explicit",
             f"--backend-directory={self._install.backends}",
@@ -71,7 +92,8 @@ class TritonProcess(RuntimeProcess):
             "--strict-readiness=false",  # ready while serving, whatever a model's state
             f"--exit-timeout-secs={max(1, int(self._options.stop_grace_s))}",
             f"--backend-config=python,stub-timeout-seconds={_STUB_TIMEOUT_S}",
-        ], os.getpid())  # fmt: skip
+            shm.backend_config(self.shm_prefix),
+        ], os.getpid(), remove=[shm.pattern(self.shm_prefix)])  # fmt: skip
 
     async def _attach(self) -> None:
         channel = self.grpc_channel
@@ -80,6 +102,10 @@ class TritonProcess(RuntimeProcess):
 
     async def _detach(self) -> None:
         self._infer = None
+        if self.pid is None:
+            # It exited or was stopped, and its group is swept. Usually the guard
+            # removed the regions already; not when it was SIGKILLed with the group.
+            await asyncio.to_thread(shm.remove_regions, self.shm_prefix)
 
     async def infer(self, request: bytes) -> bytes:
         call = self._infer

@@ -1,5 +1,6 @@
 """SupervisedProcess with small Python children: output forwarding, readiness,
-unexpected exits and respawns, and the SIGTERM -> SIGKILL stop."""
+unexpected exits and respawns, the SIGTERM -> SIGKILL stop, and children that
+lead a process group of their own (their grandchildren die with them)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,28 @@ signal.pause()  # until killed
 
 def child(*args: str) -> Callable[[], list[str]]:
     return lambda: [sys.executable, "-c", CHILD, *args]
+
+
+# Forks a grandchild that ignores SIGTERM and prints its pid, then prints its
+# own; "ignore-term": the child ignores SIGTERM too.
+PARENT = """
+import os, signal, sys
+if "ignore-term" in sys.argv:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+grandchild = os.fork()
+if grandchild == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(f"grandchild {os.getpid()}", flush=True)
+    while True:
+        signal.pause()
+print(f"child {os.getpid()}", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def parent(*args: str) -> Callable[[], list[str]]:
+    return lambda: [sys.executable, "-c", PARENT, *args]
 
 
 class Lines(logging.Handler):
@@ -146,6 +169,67 @@ async def test_start_fails_when_the_command_is_missing() -> None:
         await process.start()
     await process.stop()
     assert process.pid is None
+
+
+async def test_process_group_kill_takes_the_grandchildren(
+    lines: Lines, logger: logging.Logger
+) -> None:
+    exits: list[int | None] = []
+
+    async def on_exit(returncode: int | None) -> None:
+        exits.append(returncode)
+
+    process = SupervisedProcess("group", parent(), on_exit=on_exit, restart_backoff_s=600,
+                                logger=logger, process_group=True)  # fmt: skip
+    await process.start()
+    try:
+        child_pid, grandchild = await wait_until(lambda: _pids_now(lines, "group"))
+        assert os.getpgid(grandchild) == child_pid  # the child leads its own group
+        process.kill()  # as the liveness watchdog does
+        await wait_until(lambda: exits)
+        assert exits == [-signal.SIGKILL]
+        await wait_until(lambda: not pid_exists(grandchild))
+        assert not pid_exists(child_pid)
+    finally:
+        await process.stop()
+
+
+async def test_process_group_leftovers_die_when_the_child_exits(
+    lines: Lines, logger: logging.Logger
+) -> None:
+    process = SupervisedProcess("leader", parent(), restart_backoff_s=600, logger=logger,
+                                process_group=True)  # fmt: skip
+    await process.start()
+    try:
+        child_pid, grandchild = await wait_until(lambda: _pids_now(lines, "leader"))
+        os.kill(child_pid, signal.SIGKILL)  # the grandchild alone would be orphaned
+        await wait_until(lambda: not pid_exists(grandchild))
+    finally:
+        await process.stop()
+
+
+async def test_process_group_stop_escalates_to_the_whole_group(
+    lines: Lines, logger: logging.Logger
+) -> None:
+    process = SupervisedProcess("deaf", parent("ignore-term"), stop_grace_s=0.2, logger=logger,
+                                process_group=True)  # fmt: skip
+    await process.start()
+    child_pid, grandchild = await wait_until(lambda: _pids_now(lines, "deaf"))
+    await process.stop()
+    assert any("stopped (killed by SIGKILL)" in line for line in lines.lines)
+    await wait_until(lambda: not pid_exists(grandchild))
+    assert not pid_exists(child_pid)
+
+
+def _pids_now(lines: Lines, name: str) -> list[int]:
+    """The pids logged as ``[name] child PID`` and ``[name] grandchild PID``,
+    once both were."""
+    found = {}
+    for line in lines.lines:
+        who, _, pid = line.removeprefix(f"[{name}] ").partition(" ")
+        if who in ("child", "grandchild") and pid.isdigit():
+            found[who] = int(pid)
+    return [found["child"], found["grandchild"]] if len(found) == 2 else []
 
 
 async def _seen(lines: Lines, text: str) -> bool:

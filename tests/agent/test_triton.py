@@ -1,7 +1,9 @@
 """Real ``tritonserver`` (from the nvidia-pytriton wheel) behind real agents:
 load on first request, eviction across runtimes under one budget, the same
-answer from MLServer and Triton, a SIGKILL of Triton mid-traffic, a rejected
-config, a type no backend serves, and a node where Triton is missing."""
+answer from MLServer and Triton, a SIGKILL of Triton mid-traffic and of the
+agent itself (neither leaves a Python-backend stub or a shared-memory region
+behind), a rejected config, a type no backend serves, and a node where Triton
+is missing."""
 
 from __future__ import annotations
 
@@ -20,8 +22,15 @@ from tritonclient.utils import InferenceServerException
 
 from agent.process import AgentProcess
 from agent.proto import model_mesh_pb2 as mm
+from tests.adapters.triton.processes import (
+    family,
+    regions,
+    server_prefix,
+    stub_regions,
+    stubs,
+)
 from tests.clients import MeshClient, check_sums, infer, infer_aio, until_recovered
-from tests.conftest import FAST_ENV, descendant_pids, wait_for
+from tests.conftest import FAST_ENV, descendant_pids, pid_gone, wait_for
 
 StartAgent = Callable[..., AgentProcess]
 MIXED = '["mlserver", "triton"]'
@@ -132,21 +141,80 @@ def test_rejected_config_is_failed_precondition_with_tritons_reason(
         check_sums(infer(client, "ss-triton"))  # the server is fine
 
 
+async def hammer(client: triton_aio.InferenceServerClient, model: str,
+                 answered: asyncio.Event, stop: asyncio.Event) -> None:
+    """Requests to ``model`` one after another until ``stop``, whatever they answer."""
+    while not stop.is_set():
+        try:
+            check_sums(await infer_aio(client, model, client_timeout=30))
+            answered.set()
+        except InferenceServerException:
+            await asyncio.sleep(0.01)  # poll: the server is away
+
+
+async def kill_under_traffic(address: str, models: list[str], kill: Callable[[], None]) -> None:
+    """Keep 4 requests per model in flight through the agent at ``address``,
+    and ``kill`` once they are answered."""
+    async with triton_aio.InferenceServerClient(address) as client:
+        answered, stop = asyncio.Event(), asyncio.Event()
+        tasks = [asyncio.create_task(hammer(client, m, answered, stop))
+                 for m in models for _ in range(4)]  # fmt: skip
+        await asyncio.wait_for(answered.wait(), 60)
+        kill()
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+
 def test_triton_sigkill_mid_traffic_recovers(mixed: AgentProcess, mesh: MeshClient) -> None:
     mesh.register("crash-t", runtime="triton")
+    with triton.InferenceServerClient(mixed.address) as client:
+        check_sums(infer(client, "crash-t"))  # loaded: its stub is up
     [server] = wait_for(lambda: triton_pids(mixed.pid), what="tritonserver process")
+    prefix = server_prefix(server)
+    old_stubs = stubs(prefix)
+    old_regions = stub_regions(old_stubs)
+    assert old_stubs and all(path.exists() for path in old_regions.values())
 
-    async def traffic() -> tuple[int, int]:
+    asyncio.run(kill_under_traffic(mixed.address, ["crash-t"],
+                                   lambda: os.kill(server, signal.SIGKILL)))  # fmt: skip
+
+    async def recovered() -> tuple[int, int]:
         async with triton_aio.InferenceServerClient(mixed.address) as c:
-            check_sums(await infer_aio(c, "crash-t"))
-            os.kill(server, signal.SIGKILL)
             return await until_recovered(c, ["crash-t"], 10, timeout_s=90)
 
-    ok_after, _failed = asyncio.run(traffic())
+    ok_after, _failed = asyncio.run(recovered())
     assert ok_after >= 10
     new = triton_pids(mixed.pid)
     assert new and server not in new
     assert mesh.status("crash-t") == mm.ModelStatusInfo.LOADED
+    # Not eventually: the new server was started only once its predecessor's
+    # guard had killed the stubs and removed their regions.
+    assert not [pid for pid in old_stubs if not pid_gone(pid)], "stubs outlived their server"
+    assert not [p for p in old_regions.values() if p.exists()], "regions outlived their server"
+    assert {p.name for p in regions(prefix)} == {
+        p.name for p in stub_regions(stubs(prefix)).values()
+    }, "every region left belongs to a live stub of the new server"
+    assert "[triton-0] exited unexpectedly (killed by SIGKILL)" in mixed.log_tail(2000)
+
+
+def test_agent_sigkill_leaves_no_triton_process_or_region(start_agent: StartAgent) -> None:
+    agent = start_agent(MESHLET_RUNTIMES='["triton"]')
+    mesh = MeshClient(agent.address)
+    try:
+        for model in ("kill-a", "kill-b"):
+            mesh.register(model, runtime="triton", load=True)
+    finally:
+        mesh.close()
+    [server] = triton_pids(agent.pid)
+    prefix = server_prefix(server)
+    everyone = family(agent.pid, prefix)  # the guard, the server, two stubs
+    assert server in everyone and len(stubs(prefix)) == 2 and len(regions(prefix)) == 2
+
+    asyncio.run(kill_under_traffic(agent.address, ["kill-a", "kill-b"], agent.kill))
+
+    wait_for(lambda: all(map(pid_gone, everyone)) and not stubs(prefix),
+             timeout_s=60, what="the guard, tritonserver and its stubs gone")  # fmt: skip
+    wait_for(lambda: not regions(prefix), timeout_s=60, what="the shared-memory regions gone")
 
 
 def test_dead_python_stub_is_detected_and_the_model_reloaded(mixed: AgentProcess,
