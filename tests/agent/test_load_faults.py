@@ -17,8 +17,10 @@ import signal
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
@@ -177,56 +179,50 @@ def kill_mid_load(
     return asyncio.run(scenario())
 
 
-def test_mlserver_killed_mid_load_answers_every_waiter(start_agent: StartAgent,
-                                                       tmp_path: Path) -> None:
-    agent = start_agent(MESHLET_LOAD_TIMEOUT_S=str(LOAD_TIMEOUT_S))
+@dataclass(frozen=True)
+class Runtime:
+    """How the test drives one runtime kind."""
+
+    kind: str
+    env: dict[str, str]
+    artifact: Callable[[Path, HeldModel], Path]
+    register: dict[str, str]  # model type and runtime, as registerModel takes them
+    server_pids: Callable[[int], list[int]]
+
+
+RUNTIMES = [
+    Runtime("mlserver", {}, mlserver_artifact, {"model_type": "mlserver"}, runtime_pids),
+    Runtime("triton", {"MESHLET_RUNTIMES": '["mlserver", "triton"]'}, triton_artifact,
+            {"model_type": "triton", "runtime": "triton"}, tritonserver_pids),
+]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES, ids=lambda r: r.kind)
+def test_runtime_killed_mid_load_answers_every_waiter(
+    start_agent: StartAgent, tmp_path: Path, runtime: Runtime
+) -> None:
+    agent = start_agent(MESHLET_LOAD_TIMEOUT_S=str(LOAD_TIMEOUT_S), **runtime.env)
     mesh = MeshClient(agent.address)
+
+    def load_with_deaths(name: str, deaths: int) -> tuple[list[str], HeldModel]:
+        held = HeldModel(tmp_path / name)
+        mesh.register(name, uri=str(runtime.artifact(tmp_path / name, held)),
+                      **runtime.register)
+        answers = kill_mid_load(agent, held, name, deaths, runtime.server_pids)
+        assert max(t for _, t in answers) < LOAD_TIMEOUT_S
+        return [outcome for outcome, _ in answers], held
+
     try:
         # Two deaths during one load: every waiter hears UNAVAILABLE, long before the timeout.
-        twice = HeldModel(tmp_path / "twice")
-        mesh.register("held-twice", uri=str(mlserver_artifact(tmp_path / "twice", twice)),
-                      model_type="mlserver")
-        answers = kill_mid_load(agent, twice, "held-twice", 2, runtime_pids)
-        assert [a for a, _ in answers] == ["StatusCode.UNAVAILABLE"] * WAITERS
-        assert max(t for _, t in answers) < LOAD_TIMEOUT_S
-        assert twice.attempts() == 2
-        wait_for(lambda: runtimes_up(agent, "mlserver"), timeout_s=LOAD_TIMEOUT_S,
-                 what="mlserver back")
+        outcomes, held = load_with_deaths("held-twice", 2)
+        assert outcomes == ["StatusCode.UNAVAILABLE"] * WAITERS
+        assert held.attempts() == 2
+        wait_for(lambda: runtimes_up(agent, runtime.kind), timeout_s=LOAD_TIMEOUT_S,
+                 what=f"{runtime.kind} back")
 
         # One death: the load is tried again on the restarted runtime, and all are served.
-        once = HeldModel(tmp_path / "once")
-        mesh.register("held-once", uri=str(mlserver_artifact(tmp_path / "once", once)),
-                      model_type="mlserver")
-        answers = kill_mid_load(agent, once, "held-once", 1, runtime_pids)
-        assert [a for a, _ in answers] == ["OK [7]"] * WAITERS
-        assert max(t for _, t in answers) < LOAD_TIMEOUT_S
-        assert once.attempts() == 2
-    finally:
-        mesh.close()
-
-
-def test_triton_killed_mid_load_answers_every_waiter(start_agent: StartAgent,
-                                                     tmp_path: Path) -> None:
-    agent = start_agent(MESHLET_LOAD_TIMEOUT_S=str(LOAD_TIMEOUT_S),
-                        MESHLET_RUNTIMES='["mlserver", "triton"]')
-    mesh = MeshClient(agent.address)
-    try:
-        twice = HeldModel(tmp_path / "twice")
-        mesh.register("held-twice", uri=str(triton_artifact(tmp_path / "twice", twice)),
-                      model_type="triton", runtime="triton")
-        answers = kill_mid_load(agent, twice, "held-twice", 2, tritonserver_pids)
-        assert [a for a, _ in answers] == ["StatusCode.UNAVAILABLE"] * WAITERS
-        assert max(t for _, t in answers) < LOAD_TIMEOUT_S
-        assert twice.attempts() == 2
-        wait_for(lambda: runtimes_up(agent, "triton"), timeout_s=LOAD_TIMEOUT_S,
-                 what="triton back")
-
-        once = HeldModel(tmp_path / "once")
-        mesh.register("held-once", uri=str(triton_artifact(tmp_path / "once", once)),
-                      model_type="triton", runtime="triton")
-        answers = kill_mid_load(agent, once, "held-once", 1, tritonserver_pids)
-        assert [a for a, _ in answers] == ["OK [7]"] * WAITERS
-        assert max(t for _, t in answers) < LOAD_TIMEOUT_S
-        assert once.attempts() == 2
+        outcomes, held = load_with_deaths("held-once", 1)
+        assert outcomes == ["OK [7]"] * WAITERS
+        assert held.attempts() == 2
     finally:
         mesh.close()
