@@ -14,6 +14,10 @@ extra="${1:-}"
 default_venv="$ROOT/.venv"
 [[ -n "$extra" ]] && default_venv="$ROOT/.venv-${extra//,/-}"
 VENV="${MESHLET_VENV:-$default_venv}"
+if [[ -n "${MESHLET_ENV_DRY_RUN:-}" ]]; then  # tests: say which, install nothing
+  echo "$VENV ${extra:-base}"
+  return 0 2>/dev/null || exit 0
+fi
 PY="${PYTHON:-python3.11}"
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo ">> creating virtualenv in $VENV" >&2
