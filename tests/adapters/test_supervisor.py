@@ -32,7 +32,9 @@ def child(*args: str) -> Callable[[], list[str]]:
 
 
 # Forks a grandchild that ignores SIGTERM and prints its pid, then prints its
-# own; "ignore-term": the child ignores SIGTERM too.
+# own; "ignore-term": the child ignores SIGTERM too. Each line is one write(2)
+# of under PIPE_BUF bytes, so the two processes' lines never interleave
+# (print() may write the text and its newline apart).
 PARENT = """
 import os, signal, sys
 if "ignore-term" in sys.argv:
@@ -40,10 +42,10 @@ if "ignore-term" in sys.argv:
 grandchild = os.fork()
 if grandchild == 0:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print(f"grandchild {os.getpid()}", flush=True)
+    os.write(1, f"grandchild {os.getpid()}\\n".encode())
     while True:
         signal.pause()
-print(f"child {os.getpid()}", flush=True)
+os.write(1, f"child {os.getpid()}\\n".encode())
 while True:
     signal.pause()
 """
