@@ -8,6 +8,7 @@ processes stopped); requests find their model's process through the pool.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -32,6 +33,18 @@ log = logging.getLogger(__name__)
 
 # sockaddr_un.sun_path is 108 bytes with its NUL; past that bind() fails.
 MAX_SOCKET_PATH_BYTES = 100
+
+
+def short_socket_dir(work_dir: Path) -> str:
+    """A private temp dir for sockets whose path under ``work_dir`` would be too
+    long, named after the work dir: an agent that was SIGKILLed leaves it
+    behind, and the next agent on the same data dir (the data-dir lock makes
+    it the only one) clears it, so such leftovers never pile up."""
+    digest = hashlib.sha256(str(work_dir.resolve()).encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"meshlet-{digest}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700)
+    return str(path)
 
 
 class MLServerAdapter(RuntimeAdapter):
@@ -92,7 +105,7 @@ class MLServerAdapter(RuntimeAdapter):
         if len(path.encode()) <= MAX_SOCKET_PATH_BYTES:
             return path
         if self._temp_socket_dir is None:
-            self._temp_socket_dir = tempfile.mkdtemp(prefix="meshlet-")
+            self._temp_socket_dir = short_socket_dir(self._options.work_dir)
         return str(Path(self._temp_socket_dir) / f"{name}.sock")
 
     @property
