@@ -366,7 +366,7 @@ def mlserver_process_rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
-def test_short_socket_dir_is_named_by_the_work_dir_and_cleared_for_reuse(
+async def test_short_socket_dir_is_named_by_the_work_dir_and_cleared_for_reuse(
     tmp_path: Path,
 ) -> None:
     from adapters.mlserver.adapter import short_socket_dir
