@@ -5,8 +5,9 @@ Start order: data-dir lock and a check that the listening ports are free
 touching nothing) -> registry -> runtimes -> node cache -> resource monitor (its first
 sample sizes the default memory budget) -> loader/router/services -> gRPC and
 HTTP listeners -> cluster (peer port, membership, joining the seeds) -> demo
-registrations -> resumed vmodel transitions.
-Stop order (each step bounded): not ready -> leave the cluster -> stop
+registrations -> resumed vmodel transitions -> Kubernetes watchers (``agent.kube``,
+when Kubernetes is on).
+Stop order (each step bounded): not ready -> stop the watchers -> leave the cluster -> stop
 accepting and drain in-flight requests (``shutdown_grace_s``) -> background
 work -> runtimes (SIGTERM, grace, SIGKILL) -> resource monitor -> HTTP ->
 registry -> node cache -> data-dir lock.
@@ -21,6 +22,7 @@ import signal
 import socket
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -39,13 +41,15 @@ from agent.api.node import SERVICE as NODE_SERVICE
 from agent.api.node import NodeService
 from agent.artifacts import ArtifactStore
 from agent.cache.node import NodeCache
+from agent.cluster.membership import State
 from agent.cluster.peer import ClusterNode, LocalNode
-from agent.cluster.routing import NodeSummary
+from agent.cluster.routing import MODEL_KEY, NodeSummary
 from agent.config import Settings
 from agent.datadir import DataDirLock, StartupError, check_ports, port_in_use
 from agent.demo import demo_specs
 from agent.http import HttpServer
 from agent.inventory import Inventory
+from agent.kube.config import kube_enabled
 from agent.loader import Loader
 from agent.metrics import Metrics
 from agent.models import ModelService
@@ -59,6 +63,9 @@ from agent.storage.http import HttpOptions
 from agent.storage.pull import PullerSettings
 from agent.storage.s3 import S3Options
 from agent.vmodels import VModels
+
+if TYPE_CHECKING:
+    from agent.kube.service import KubeService
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +112,7 @@ class Agent:
         self.monitor: ResourceMonitor | None = None
         self.cluster: ClusterNode | None = None
         self.router: Router | None = None
+        self.kube: KubeService | None = None
         self.peer_port = 0
         self.grpc_port = 0
         self.metrics_port = 0
@@ -203,6 +211,7 @@ class Agent:
             log.info("demo: %d simple-string models registered (%d new or changed)",
                      s.demo_models, written)
         self._vmodels.resume()
+        await self._start_kube()
         self._ready = True
         log.info(
             "meshlet %s serving on gRPC port %d (metrics %s), budget %.1f MiB, runtimes: %s",
@@ -283,6 +292,41 @@ class Agent:
             self.router.on_served = self.cluster.copies.record
         self.peer_port = self.cluster.port
 
+    async def _start_kube(self) -> None:
+        kube = self.settings.kube_settings()
+        if not kube_enabled(kube):
+            log.info("kubernetes: off (setting kube=%s)", kube.mode)
+            return
+        # Imported here: the kubernetes client costs ~12 MiB, paid only when it is on.
+        from agent.kube.service import ClusterView, KubeService
+
+        assert self.registry is not None and self._vmodels is not None
+        assert self.loader is not None
+        cluster, loader = self.cluster, self.loader
+        view = ClusterView(
+            self_id=cluster.address if cluster is not None else self.node_name,
+            location=self._location, peer_copies=self._peer_copies,
+            members=self._live_members if cluster is not None else None,
+        )
+        self.kube = KubeService(kube, self.registry, self.models, self._vmodels, self.inventory,
+                                view, failures=lambda: loader.failures)
+        try:
+            await self.kube.start()
+        except Exception as err:  # the kubeconfig or service account cannot be read
+            self.kube = None
+            raise StartupError(f"kubernetes: cannot load the API client's config: {err}") from None
+        if cluster is not None and cluster.states is not None:
+            kube_service = self.kube
+            cluster.states.on_change(
+                lambda change: kube_service.model_changed(change.key[len(MODEL_KEY):])
+                if change.key.startswith(MODEL_KEY) else None
+            )
+
+    def _live_members(self) -> list[str]:
+        """Members that may act for resources: alive, or suspected but not yet dead."""
+        return [m.address for m in (self.cluster.members() if self.cluster else [])
+                if m.state in (State.ALIVE, State.SUSPECT)]
+
     def _location(self) -> str:
         """This node as copy lists name it: its peer address in a cluster."""
         return self.cluster.address if self.cluster is not None else self.node_name
@@ -360,6 +404,9 @@ class Agent:
         grace = self.settings.shutdown_grace_s
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self.kube is not None:
+            log.info("stopping: Kubernetes watchers")
+            await self.kube.stop()
         if self.cluster is not None:
             if self.router is not None:
                 self.router.draining = True

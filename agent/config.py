@@ -8,13 +8,15 @@ Every interval, timeout and grace period is here so tests can shrink them.
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import platformdirs
 import psutil
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from adapters.base import RuntimeOptions
 from adapters.pool import PoolLimits
@@ -23,6 +25,7 @@ from agent.cluster.gossip import GossipSettings
 from agent.cluster.membership import MembershipSettings
 from agent.cluster.peer import ClusterConfig
 from agent.cluster.tls import PeerTls
+from agent.kube.config import KubeSettings
 
 
 def default_data_dir() -> Path:
@@ -205,6 +208,47 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Delay before retrying a vmodel transition whose target failed."
     )
 
+    # --- kubernetes (agent/kube) ----------------------------------------------
+    kube: Literal["auto", "on", "off"] = Field(
+        "auto", description="Serve Kubernetes resources (Model; with modelmesh_compat also "
+        "Predictor and InferenceService): on, off, or auto (on inside a pod with a "
+        "service-account token, or when a kubeconfig is named by kubeconfig or KUBECONFIG)."
+    )
+    kubeconfig: Path | None = Field(
+        None, description="kubeconfig file for the API server; unset: the service account "
+        "inside a pod, else KUBECONFIG, else ~/.kube/config."
+    )
+    watch_namespaces: Annotated[list[str], NoDecode] = Field(
+        [], description="Namespaces whose resources are served (comma-separated or a JSON "
+        "list); empty: all."
+    )
+    modelmesh_compat: bool = Field(
+        False, description="Also serve ModelMesh-serving's Predictors and InferenceServices "
+        "(annotation serving.kserve.io/deploymentMode: ModelMesh), status in ModelMesh's shape."
+    )
+    kube_status_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between two status writes of one resource (its "
+        "changes in between make one write)."
+    )
+    kube_watch_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds one watch request lasts (at random up to twice "
+        "this); the next starts where it ended."
+    )
+    kube_request_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds a list page, get or status patch may take."
+    )
+    kube_backoff_initial_s: float = Field(
+        0.5, gt=0, description="Seconds before retrying a failed list, watch or status "
+        "write; doubles per failure (a server's Retry-After is honoured)."
+    )
+    kube_backoff_max_s: float = Field(
+        30.0, gt=0, description="Longest wait between retries, seconds."
+    )
+    kube_settle_s: float = Field(
+        30.0, ge=0, description="In a cluster: seconds a starting agent waits to see another "
+        "member before it writes statuses and registry entries for resources alone."
+    )
+
     # --- shutdown ----------------------------------------------------------
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="Time in-flight requests get to finish on SIGTERM."
@@ -215,6 +259,17 @@ class Settings(BaseSettings):
     demo_runtime: str = Field(
         "mlserver", description="Runtime the demo models are registered for (mlserver, triton)."
     )
+
+    @field_validator("watch_namespaces", mode="before")
+    @classmethod
+    def _namespace_list(cls, value: Any) -> Any:
+        """``a,b`` or ``["a", "b"]`` (the environment gives a string)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @property
     def registry_path(self) -> Path:
@@ -271,6 +326,20 @@ class Settings(BaseSettings):
                 check_interval_s=self.copy_check_interval_s,
             ),
             drain_timeout_s=self.drain_timeout_s,
+        )
+
+    def kube_settings(self) -> KubeSettings:
+        """The Kubernetes integration's settings (``agent.kube``)."""
+        return KubeSettings(
+            mode=self.kube, kubeconfig=self.kubeconfig, namespaces=tuple(self.watch_namespaces),
+            modelmesh_compat=self.modelmesh_compat,
+            status_interval_s=self.kube_status_interval_s,
+            watch_timeout_s=self.kube_watch_timeout_s,
+            request_timeout_s=self.kube_request_timeout_s,
+            backoff_initial_s=self.kube_backoff_initial_s,
+            backoff_max_s=max(self.kube_backoff_max_s, self.kube_backoff_initial_s),
+            settle_s=self.kube_settle_s,
+            storage_config_dir=self.storage_config_dir,
         )
 
     def resolved_advertise_host(self) -> str:

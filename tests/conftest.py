@@ -42,6 +42,8 @@ FAST_ENV = {
     "MESHLET_SHUTDOWN_GRACE_S": "5",
     "MESHLET_VMODEL_RETRY_INTERVAL_S": "0.2",
     "MESHLET_RUNTIME_STOP_GRACE_S": "3",
+    # A developer's own KUBECONFIG must not switch Kubernetes on in test agents.
+    "MESHLET_KUBE": "off",
 }
 TIME_SCALE = max(1.0, float(os.environ.get("MESHLET_TEST_TIME_SCALE", "1")))
 SESSION_MARK = "MESHLET_TEST_SESSION"

@@ -42,12 +42,20 @@ FLAGS: dict[str, tuple[str, Any]] = {
     "--peers": ("peers", lambda text: [p.strip() for p in text.split(",") if p.strip()]),
     "--peers-dns": ("peers_dns", str),
     "--demo": ("demo_models", int),
+    "--kube": ("kube", str),
+    "--kubeconfig": ("kubeconfig", Path),
+    "--watch-namespaces": ("watch_namespaces", lambda text: [
+        n.strip() for n in text.split(",") if n.strip()]),
 }
+# flag -> Settings field, for flags that take no value and set it true
+SWITCHES: dict[str, str] = {"--modelmesh-compat": "modelmesh_compat"}
+CHOICES: dict[str, tuple[str, ...]] = {"--kube": ("auto", "on", "off")}
 METAVARS = {
     "--data-dir": "DIR", "--grpc-host": "HOST", "--grpc-port": "PORT",
     "--metrics-host": "HOST", "--metrics-port": "PORT", "--memory-budget": "SIZE", "--demo": "N",
     "--cache-dir": "DIR", "--cache-quota": "SIZE", "--storage-config-dir": "DIR",
     "--peer-port": "PORT", "--peers": "HOST:PORT,...", "--peers-dns": "NAME",
+    "--kubeconfig": "FILE", "--watch-namespaces": "NS,...",
 }
 
 
@@ -65,6 +73,9 @@ def add_parser(subparsers: Any) -> None:
     )
     for flag, (field, type_) in FLAGS.items():
         parser.add_argument(flag, dest=field, type=type_, metavar=METAVARS.get(flag),
+                            choices=CHOICES.get(flag), help=setting_help(field))
+    for flag, field in SWITCHES.items():
+        parser.add_argument(flag, dest=field, action="store_const", const=True,
                             help=setting_help(field))
     parser.add_argument(
         "--log-level", type=log_level_type, default=os.environ.get(LOG_LEVEL_ENV, "INFO"),
@@ -92,6 +103,7 @@ def setting_help(field: str) -> str:
 def settings_from(args: argparse.Namespace) -> Settings:
     """The environment's settings, overridden by the flags that were given."""
     given = {field: getattr(args, field) for field, _ in FLAGS.values()}
+    given.update({field: getattr(args, field) for field in SWITCHES.values()})
     overrides = {field: value for field, value in given.items() if value is not None}
     try:
         return Settings(**overrides)
@@ -103,6 +115,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def describe_validation_error(err: ValidationError) -> str:
     flags = {field: flag for flag, (field, _) in FLAGS.items()}
+    flags.update({field: flag for flag, field in SWITCHES.items()})
     problems = []
     for error in err.errors():
         field = ".".join(str(part) for part in error["loc"])

@@ -365,20 +365,3 @@ def mlserver_process_rss(pid: int) -> int:
 
     return int(psutil.Process(pid).memory_info().rss)
 
-
-async def test_short_socket_dir_is_named_by_the_work_dir_and_cleared_for_reuse(
-    tmp_path: Path,
-) -> None:
-    from adapters.mlserver.adapter import short_socket_dir
-
-    first = Path(short_socket_dir(tmp_path / "work"))
-    (first / "mlserver-0.sock").write_text("left by a SIGKILLed agent")
-    again = Path(short_socket_dir(tmp_path / "work"))
-    other = Path(short_socket_dir(tmp_path / "other"))
-    try:
-        assert again == first and list(again.iterdir()) == []
-        assert other != first
-        assert first.stat().st_mode & 0o777 == 0o700
-    finally:
-        for path in (first, other):
-            path.rmdir()
