@@ -46,7 +46,7 @@ class HeldModel(MLModel):
         with open(extra["started"], "a") as out:
             out.write("load\\n")
         while os.path.exists(extra["hold"]):
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # poll: held until the test removes the file
         return True
 
     async def predict(self, payload):
@@ -70,7 +70,7 @@ class TritonPythonModel:
         with open(STARTED, "a") as out:
             out.write("load\\n")
         while os.path.exists(HOLD):
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll: held until the test removes the file
 
     def execute(self, requests):
         return [pb_utils.InferenceResponse(output_tensors=[
