@@ -136,3 +136,11 @@ async def make_node(tmp_path: Path, apiserver: FakeApiServer
     yield make
     for node in nodes:
         await node.stop()
+
+
+async def started(make_node: Callable[..., KubeNode], **kw: object) -> KubeNode:
+    """A node built by the ``make_node`` fixture, started, with its first list done."""
+    node = make_node(**kw)
+    await node.start()
+    await node.synced()
+    return node

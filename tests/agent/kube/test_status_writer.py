@@ -14,7 +14,7 @@ import pytest
 from agent.kube.ownership import Ownership
 from agent.kube.status_writer import StatusWriter
 from tests.agent.kube.apiserver import FakeApiServer, Fault
-from tests.agent.kube.conftest import KubeNode, model, until
+from tests.agent.kube.conftest import KubeNode, model, started, until
 
 MANUAL = 3600.0  # a status interval the test never waits out: it calls flush() itself
 
@@ -34,13 +34,6 @@ async def rounds(*nodes: KubeNode, more: int = 3) -> None:
 
 def patches_of(server: FakeApiServer, name: str) -> list[float]:
     return [r.at for r in server.patches() if r.path.endswith(f"/{name}/status")]
-
-
-async def started(make_node: Callable[..., KubeNode], **kw: object) -> KubeNode:
-    node = make_node(**kw)
-    await node.start()
-    await node.synced()
-    return node
 
 
 async def test_many_changes_make_one_write_and_no_change_none(

@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 from agent.kube.sync import OWNER
 from agent.registry.spec import ModelSpec
 from agent.registry.store import VModel, Write
 from tests.agent.kube.apiserver import FakeApiServer
-from tests.agent.kube.conftest import KubeNode, model, until
+from tests.agent.kube.conftest import KubeNode, model, started, until
 
 SPEC = {"modelFormat": {"name": "simple-string"}, "storage": {"uri": "builtin://simple-string"}}
 
 
 def state(server: FakeApiServer, name: str, namespace: str = "default") -> str:
     return str(server.status("Model", namespace, name).get("state", ""))
-
-
-async def started(make_node: Callable[..., KubeNode], **kw: Any) -> KubeNode:
-    node = make_node(**kw)
-    await node.start()
-    await node.synced()
-    return node
 
 
 async def test_a_model_is_served_by_its_name(

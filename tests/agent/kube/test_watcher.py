@@ -9,19 +9,12 @@ from collections.abc import Callable
 
 from agent.kube.watcher import Watcher
 from tests.agent.kube.apiserver import FakeApiServer, Fault
-from tests.agent.kube.conftest import KubeNode, model, until
+from tests.agent.kube.conftest import KubeNode, model, started, until
 
 
 def watcher(node: KubeNode) -> Watcher:
     (w,) = node.kube.watchers
     return w
-
-
-async def started(make_node: Callable[..., KubeNode], **kw: object) -> KubeNode:
-    node = make_node(**kw)
-    await node.start()
-    await node.synced()
-    return node
 
 
 async def test_lists_in_pages_then_watches_from_the_lists_version(
